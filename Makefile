@@ -1,0 +1,62 @@
+# resnetlab: every target creates or reuses .venv and installs what it needs.
+# On a machine without torch we install the local CPU wheel (torch==2.13.0) first, so pip never
+# resolves `torch>=2.1` to a multi-GB CUDA build. A venv that already has torch keeps it.
+PYTHON ?= python3
+VENV ?= .venv
+VENV_ARGS ?=
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.resnetlab-installed
+PYTEST_ARGS ?=
+
+.PHONY: help venv data browser demo test test-slow bench lint format clean
+
+help:
+	@echo "make demo | test | test-slow | bench | lint | data | clean"
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV_ARGS) $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+venv: $(STAMP)
+
+# Fashion-MNIST: files already present, else Debian's package (root + apt), else the official download.
+data: $(STAMP)
+	@if [ ! -d /usr/share/datasets/fashion-mnist ] && [ -z "$$RESNETLAB_DATA" ] \
+	    && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's dataset-fashion-mnist"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	fi
+	$(PY) -m resnetlab data fashion-mnist
+
+# Headless Chromium checks the HTML reports in the tests; skipped (and said so) where apt is absent.
+browser:
+	@if ! command -v chromium >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's chromium for the report tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	fi
+
+demo: data
+	$(PY) -m resnetlab demo
+
+test: data browser
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-slow: data browser
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+bench: data
+	$(PY) -m benchmarks
+
+lint: $(STAMP)
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff format --check src tests benchmarks
+
+format: $(STAMP)
+	$(PY) -m ruff format src tests benchmarks
+	$(PY) -m ruff check --fix src tests benchmarks
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,59 @@
+"""The `resnetlab` command line: one subcommand per job, each derived from its area's config.
+
+Each area owns its subcommands through a `register(subparsers)` function; this file only wires
+them together and turns user errors into one line and exit code 2 (RESNETLAB_DEBUG=1 shows the
+traceback instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from resnetlab import __version__
+from resnetlab.errors import Error
+
+# Modules that add subcommands; imported lazily so `resnetlab --help` stays fast.
+_COMMAND_MODULES = (
+    "resnetlab.models.commands",
+    "resnetlab.data.commands",
+    "resnetlab.train.commands",
+    "resnetlab.experiments.commands",
+)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one line: what was wrong and where to look."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="resnetlab",
+        description="Build, train, analyse and deploy residual networks and their plain twins.",
+    )
+    parser.add_argument("--version", action="version", version=f"resnetlab {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=ArgumentParser)
+    for name in _COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (Error, ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+        if os.environ.get("RESNETLAB_DEBUG"):
+            raise
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"resnetlab: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("resnetlab: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,39 @@
+"""The model registry: a dict filled by an explicit decorator, as in torchvision's `_api.py`."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Callable
+
+from torch import nn
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Register a builder under its function name."""
+    if fn.__name__ in _MODELS:
+        raise RuntimeError(f"model {fn.__name__!r} registered twice")
+    _MODELS[fn.__name__] = fn
+    return fn
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a shell-style pattern, sorted."""
+    return sorted(name for name in _MODELS if fnmatch.fnmatchcase(name, pattern))
+
+
+def get_builder(name: str) -> Callable[..., nn.Module]:
+    """The builder registered as `name`; unknown names raise ValueError with close matches."""
+    try:
+        return _MODELS[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, _MODELS, n=5, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see `resnetlab models`"
+        raise ValueError(f"unknown model {name!r}{hint}") from None
+
+
+def create_model(name: str, **kwargs: object) -> nn.Module:
+    """Build a registered model: `create_model("resnet56", num_classes=10, in_chans=1)`."""
+    return get_builder(name)(**kwargs)
