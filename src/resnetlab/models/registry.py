@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import re
 from collections.abc import Callable
 
 from torch import nn
@@ -20,8 +21,12 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
 
 
 def list_models(pattern: str = "*") -> list[str]:
-    """Registered model names matching a shell-style pattern, sorted."""
-    return sorted(name for name in _MODELS if fnmatch.fnmatchcase(name, pattern))
+    """Registered model names matching a shell-style pattern, in natural order (resnet20 < resnet110)."""
+    return sorted((name for name in _MODELS if fnmatch.fnmatchcase(name, pattern)), key=_natural_key)
+
+
+def _natural_key(name: str) -> list[str | int]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def get_builder(name: str) -> Callable[..., nn.Module]:

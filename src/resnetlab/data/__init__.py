@@ -1,0 +1,27 @@
+"""Data sets and input pipelines: `load_dataset` gives a split, `make_loader` gives its batches.
+
+Small sets (MNIST, Fashion-MNIST, CIFAR) are `ImageArrays` kept in memory as uint8 and augmented
+per batch on the device; `imagefolder:PATH` is a `FolderDataset` decoded by DataLoader workers.
+"""
+
+from resnetlab.data.arrays import ImageArrays, split_indices
+from resnetlab.data.augment import AUGMENT_PRESETS, Augment
+from resnetlab.data.datasets import SPLITS, list_datasets, load_dataset
+from resnetlab.data.folder import FolderDataset, UnreadableImage
+from resnetlab.data.loader import DeviceLoader, FolderLoader, epoch_order, make_loader
+
+__all__ = [
+    "AUGMENT_PRESETS",
+    "SPLITS",
+    "Augment",
+    "DeviceLoader",
+    "FolderDataset",
+    "FolderLoader",
+    "ImageArrays",
+    "UnreadableImage",
+    "epoch_order",
+    "list_datasets",
+    "load_dataset",
+    "make_loader",
+    "split_indices",
+]

@@ -1,0 +1,86 @@
+"""`load_dataset`: a split of a named data set, found, checked and ready for `make_loader`."""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+from resnetlab.data import cifar, mnist
+from resnetlab.data.arrays import ImageArrays, Published, channel_histogram, histogram_stats, split_indices
+from resnetlab.data.folder import FolderDataset, load_folder
+from resnetlab.data.sources import SOURCES
+from resnetlab.errors import Error
+
+SPLITS = ("train", "val", "test")
+_READERS = {"idx": mnist, "cifar": cifar}
+
+
+def list_datasets() -> list[str]:
+    return [*SOURCES, "imagefolder:PATH"]
+
+
+def locate(name: str, data_dir: str | os.PathLike | None = None, *, download: bool = True) -> list[Path]:
+    """The checked-for files of a named data set, downloading them when allowed and missing."""
+    if name not in SOURCES:
+        raise Error(f"unknown data set {name!r}; choose from {', '.join(list_datasets())}")
+    return _READERS[SOURCES[name].format].locate(name, data_dir, download_missing=download)
+
+
+def published(name: str, data_dir: str | os.PathLike | None = None, *, download: bool = True) -> Published:
+    """The official train and test parts, checked; the files are read once per process."""
+    files = locate(name, data_dir, download=download)
+    stamp = tuple((str(path), path.stat().st_size, path.stat().st_mtime_ns) for path in files)
+    return _read(name, stamp)
+
+
+@functools.lru_cache(maxsize=2)
+def _read(name: str, stamp: tuple[tuple[str, int, int], ...]) -> Published:
+    """Memoised on the files' paths, sizes and mtimes: asking for train, val and test parses once."""
+    return _READERS[SOURCES[name].format].read(name, [Path(path) for path, _, _ in stamp])
+
+
+def load_dataset(
+    name: str,
+    split: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    download: bool = True,
+    val_size: int = 0,
+    seed: int = 0,
+    strict: bool = False,
+) -> ImageArrays | FolderDataset:
+    """One split of a data set: "train" (the training part minus the val hold-out), "val" or "test".
+
+    name: fashion-mnist, mnist, cifar10, cifar100 (in memory, `ImageArrays`) or imagefolder:PATH
+    (decoded on the fly, `FolderDataset`). val: `val_size` training examples held out at random
+    by `seed`, as the paper's 45k/5k CIFAR split [He15 §4.2]. Normalisation statistics come from
+    the train split. strict: an unreadable image in a folder is an error instead of skipped.
+    """
+    if split not in SPLITS:
+        raise Error(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+    if name.startswith("imagefolder:"):
+        return load_folder(
+            Path(name.removeprefix("imagefolder:")), split, val_size=val_size, seed=seed, strict=strict
+        )
+    data = published(name, data_dir, download=download)
+    if split == "val" and val_size == 0:
+        raise Error(
+            "the val split is held out of the training set; give it a size with val_size (--val-size)"
+        )
+    train_idx, val_idx = split_indices(len(data.train_images), val_size, seed)
+    # Value counts add up, so the train split's counts are the whole part's minus the hold-out's.
+    held_out = data.train_images.index_select(0, val_idx)
+    mean, std = histogram_stats(data.train_histogram - channel_histogram(held_out))
+    if split == "test":
+        images, labels = data.test_images.clone(), data.test_labels.clone()
+    else:
+        index = train_idx if split == "train" else val_idx
+        images, labels = data.train_images.index_select(0, index), data.train_labels.index_select(0, index)
+    return ImageArrays(images, labels, list(data.classes), mean, std)
+
+
+def describe(dataset: ImageArrays | FolderDataset) -> str:
+    """One line: size, image shape and classes."""
+    size = dataset.image_size
+    return f"{len(dataset):,} images, {dataset.in_chans}x{size}x{size}, {dataset.num_classes} classes"

@@ -1,0 +1,182 @@
+"""Pieces the experiments share: twin model names, fixed evaluation batches, evaluation, training
+through `resnetlab.train.fit`, and BN statistics taken from one fixed batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from torch import Tensor, nn
+
+from resnetlab.data import load_dataset, make_loader
+from resnetlab.models import create_model
+from resnetlab.train import TrainResult, fit, get_recipe
+from resnetlab.train.distributed import resolve_device
+
+log = logging.getLogger("resnetlab.experiments")
+
+ARCHS = ("plain", "resnet")  # the twins: same layers, with and without shortcuts [He15 §4.2]
+Batches = list[tuple[Tensor, Tensor]]
+
+
+def twin(arch: str, depth: int, **kwargs: Any) -> tuple[str, dict[str, Any]]:
+    """(model name, create_model kwargs) of the CIFAR-style net `arch`-`depth`, any depth 6n+2.
+
+    `plain` is the residual net's layers with shortcut="none" [He15 §4.2]; both use option A.
+    """
+    return "cifar_resnet", {"depth": depth, "shortcut": "A" if arch == "resnet" else "none", **kwargs}
+
+
+def label(arch: str, depth: int) -> str:
+    return f"{arch}-{depth}"
+
+
+def device_of(name: str) -> torch.device:
+    return resolve_device(name)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How the experiments that need trained nets train them: a recipe plus a few overrides.
+
+    Experiment configs inherit these fields, so every experiment exposes the same flags.
+    """
+
+    recipe: str = field(default="paper-cifar", metadata={"help": "training recipe the fields below override"})
+    data: str = field(default="fashion-mnist", metadata={"help": "fashion-mnist, mnist, cifar10, cifar100"})
+    data_dir: str | None = field(default=None, metadata={"help": "data set folder (none: default search)"})
+    train_subset: int | None = field(default=None, metadata={"help": "training images used (none: all)"})
+    steps: int = field(default=400, metadata={"help": "optimizer steps per net"})
+    batch_size: int = field(default=32, metadata={"help": "examples per step"})
+    lr: float = field(default=0.05, metadata={"help": "peak learning rate per step of --batch-size examples"})
+    amp: str = field(default="bf16", metadata={"help": "autocast dtype: bf16, fp16 (CUDA) or none"})
+    seed: int = field(default=0, metadata={"help": "seed of the first run (init, subset, data order)"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
+
+
+def train_twin(
+    s: TrainSettings,
+    arch: str,
+    depth: int,
+    *,
+    seed: int | None = None,
+    model: nn.Module | None = None,
+    **overrides: Any,
+) -> TrainResult:
+    """Train `arch`-`depth` (or the given `model`, built as it) with the settings `s`, writing
+    nothing to disk; `overrides` are TrainConfig fields, e.g. eval_every."""
+    name, kwargs = twin(arch, depth, **overrides.pop("model_kwargs", {}))
+    cfg = dataclasses.replace(
+        get_recipe(s.recipe),
+        model=name,
+        model_kwargs=kwargs,
+        data=s.data,
+        data_dir=s.data_dir,
+        train_subset=s.train_subset,
+        max_steps=s.steps,
+        batch_size=s.batch_size,
+        lr=s.lr,
+        amp=s.amp,
+        seed=s.seed if seed is None else seed,
+        device=s.device,
+        out=None,
+        progress=False,
+        **overrides,
+    )
+    cfg.check()
+    log.info("training %s (seed %d, %d steps of %d)", label(arch, depth), cfg.seed, s.steps, s.batch_size)
+    return fit(cfg, model=model)
+
+
+def build_twin(
+    arch: str, depth: int, *, num_classes: int, in_chans: int, seed: int, **kwargs: Any
+) -> nn.Module:
+    """`arch`-`depth` initialised from `seed`: twins built with one seed start from the same draw
+    (option A adds no parameters, so their parameter lists match one to one)."""
+    name, options = twin(arch, depth, **kwargs)
+    torch.manual_seed(seed)
+    return create_model(name, num_classes=num_classes, in_chans=in_chans, **options)
+
+
+def fixed_batches(
+    data: str,
+    split: str,
+    *,
+    examples: int | None,
+    batch_size: int,
+    device: torch.device,
+    seed: int = 0,
+    data_dir: str | None = None,
+) -> tuple[Batches, Any]:
+    """`examples` images of `split` chosen by `seed` (None: all), normalised, on `device`.
+
+    Returns the batches [(x (B,C,H,W) float32, y (B,) int64), ...] and the data set (for
+    `num_classes`, `in_chans`).
+    """
+    dataset = load_dataset(data, split, data_dir=data_dir)
+    if examples is not None and examples < len(dataset):
+        g = torch.Generator().manual_seed(seed)
+        dataset = dataset.subset(torch.randperm(len(dataset), generator=g)[:examples].sort().values)
+    loader = make_loader(dataset, batch_size=batch_size, train=False, device=device)
+    return [(x, y) for x, y in loader], dataset
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Batches) -> tuple[float, float]:
+    """(mean cross-entropy, error fraction) of `model` over `batches`, in the model's current mode."""
+    loss_sum, wrong, count = 0.0, 0, 0
+    for x, y in batches:
+        logits = model(x)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        wrong += (logits.argmax(1) != y).sum().item()
+        count += len(y)
+    return loss_sum / count, wrong / count
+
+
+def batch_norms(model: nn.Module) -> list[nn.BatchNorm2d]:
+    return [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+
+
+@torch.no_grad()
+def set_bn_stats(model: nn.Module, x: Tensor) -> None:
+    """Replace every BN's running statistics by those of the fixed batch `x`, then switch to eval.
+
+    After this, each sample's output depends on that sample alone (no batch coupling), while the
+    activations stay normalised as in training mode.
+    """
+    model.train()
+    bns = batch_norms(model)
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # a cumulative average: after one batch, exactly that batch's statistics
+    model(x)
+    for bn, momentum in zip(bns, momenta, strict=True):
+        bn.momentum = momentum
+    model.eval()
+
+
+def save_figure(fig: Figure, run_dir: Path, file: str) -> str:
+    """Write `fig` as `run_dir/file` (PNG) and return `file` for the record."""
+    fig.savefig(Path(run_dir) / file, dpi=110, bbox_inches="tight")
+    return file
+
+
+def depth_colors(depths: Sequence[int]) -> dict[int, str]:
+    """One colour per depth, the same in every figure of a run."""
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
+    return {d: palette[i % len(palette)] for i, d in enumerate(sorted(depths))}
+
+
+def stack(values: Sequence[Sequence[float]]) -> tuple[list[float], list[float]]:
+    """Mean and (population) std over the first axis of a seeds x points table."""
+    t = torch.tensor(values, dtype=torch.float64)
+    return t.mean(0).tolist(), t.std(0, correction=0).tolist()

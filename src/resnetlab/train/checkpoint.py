@@ -1,0 +1,173 @@
+"""Checkpoints: weights in safetensors plus a small train-state file, replaced atomically.
+
+A checkpoint is one directory in the run directory, `checkpoint-<step>/`:
+  model.safetensors  the trained weights, with the metadata needed to rebuild and feed the model
+                     (name, kwargs, classes, normalisation, image size) in the safetensors header;
+  ema.safetensors    the EMA weights, when the run keeps an EMA (eval and predict prefer these);
+  train_state.pt     optimizer, schedule, AMP scaler, RNG states and step: plain tensors and
+                     containers, read back with `torch.load(weights_only=True)`, which unpickles
+                     nothing else.
+All files are written into a hidden temporary directory and fsynced, then the directory is renamed
+into place in one step; only after that are older checkpoints removed. A crash at any moment
+therefore leaves the previous checkpoint whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+from safetensors import SafetensorError
+from torch import nn
+
+from resnetlab.errors import Error
+from resnetlab.models import create_model
+
+MODEL_FILE = "model.safetensors"
+EMA_FILE = "ema.safetensors"
+STATE_FILE = "train_state.pt"
+_CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+_META_KEY = "resnetlab"
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename inside `path` durable (POSIX; Windows cannot open directories)."""
+    if os.name == "posix":
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def weights_bytes(state: dict[str, torch.Tensor], meta: dict[str, Any]) -> bytes:
+    """A safetensors file's bytes; tensors go to contiguous CPU memory (channels_last included)."""
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    return safetensors.torch.save(tensors, metadata={_META_KEY: json.dumps(meta)})
+
+
+def save_weights(path: str | Path, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Write one weights file atomically: temporary file, fsync, rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        _write_bytes(tmp, weights_bytes(state, meta))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state dict on the CPU, metadata) of a resnetlab weights file; a damaged file is an `Error`."""
+    path = Path(path)
+    if not path.is_file():
+        raise Error(f"no weights file at {path}; give a run directory or a .safetensors file")
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+        state = safetensors.torch.load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise Error(
+            f"{path} is not a readable safetensors file ({exc}); it may be truncated or corrupt"
+        ) from None
+    if _META_KEY not in header:
+        raise Error(f"{path} has no resnetlab metadata (model name, classes); was it written by resnetlab?")
+    return state, json.loads(header[_META_KEY])
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    *,
+    model: dict[str, torch.Tensor],
+    ema: dict[str, torch.Tensor] | None,
+    meta: dict[str, Any],
+    train_state: dict[str, Any],
+) -> Path:
+    """Write `checkpoint-<step>/` atomically and remove the older ones; returns its path."""
+    final = run_dir / f"checkpoint-{step:08d}"
+    if final.is_dir():  # a finished run resumed: nothing changed since this checkpoint
+        return final
+    tmp = run_dir / f".checkpoint-{step:08d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)  # left over from a crash during an earlier write
+    tmp.mkdir()
+    try:
+        _write_bytes(tmp / MODEL_FILE, weights_bytes(model, {**meta, "step": step}))
+        if ema is not None:
+            _write_bytes(tmp / EMA_FILE, weights_bytes(ema, {**meta, "step": step, "ema": True}))
+        with open(tmp / STATE_FILE, "wb") as f:
+            torch.save({**train_state, "step": step}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(tmp)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _fsync_dir(run_dir)
+    for old in list_checkpoints(run_dir):
+        if old != final:
+            shutil.rmtree(old)
+    return final
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoint directories of a run, oldest first."""
+    found = [p for p in run_dir.glob("checkpoint-*") if p.is_dir() and _CHECKPOINT.fullmatch(p.name)]
+    return sorted(found, key=lambda p: int(_CHECKPOINT.fullmatch(p.name).group(1)))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def load_train_state(checkpoint: Path) -> dict[str, Any]:
+    """The train-state dict of a checkpoint directory; only tensors and containers are unpickled."""
+    path = checkpoint / STATE_FILE
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise Error(f"{checkpoint} has no {STATE_FILE}; the checkpoint is incomplete") from None
+    except Exception as exc:  # torch.load raises many types for damaged or hostile files
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise Error(f"{path} is corrupt or not a resnetlab train state ({reason}); start a new run") from None
+
+
+def inference_weights(path: str | Path) -> Path:
+    """The weights file a run directory is used through (EMA when kept), or `path` itself."""
+    path = Path(path)
+    if path.is_dir():
+        checkpoint = latest_checkpoint(path)
+        if checkpoint is None:
+            raise Error(f"{path} holds no checkpoint; give a finished run directory or a .safetensors file")
+        return checkpoint / EMA_FILE if (checkpoint / EMA_FILE).is_file() else checkpoint / MODEL_FILE
+    if not path.exists():
+        raise Error(f"{path} does not exist; give a run directory or a .safetensors file")
+    return path
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a trained model from a run directory or weights file: (model in eval mode, metadata)."""
+    state, meta = load_weights(inference_weights(path))
+    model = create_model(
+        meta["model"], num_classes=meta["num_classes"], in_chans=meta["in_chans"], **meta["model_kwargs"]
+    )
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise Error(f"the weights in {path} do not fit {meta['model']}: {str(exc).splitlines()[0]}") from None
+    return model.to(device).eval(), meta

@@ -1,0 +1,271 @@
+"""`resnetlab train`, `resnetlab eval` and `resnetlab predict`.
+
+`train` has one flag per TrainConfig field, generated from the dataclass: the field's type gives
+the parser (bools are --x/--no-x, tuples and model kwargs are comma-separated, `none` clears an
+optional field) and its metadata gives the help. `--recipe` picks the starting point; the flags a
+user types override single fields of it, and nothing else does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import textwrap
+import time
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from resnetlab.errors import Error
+from resnetlab.train.config import RECIPES, RESUME_MAY_CHANGE, TrainConfig, get_recipe, list_recipes
+from resnetlab.train.engine import fit
+from resnetlab.train.evaluate import evaluate_checkpoint, format_report
+from resnetlab.train.predict import predict
+from resnetlab.train.rundir import read_config
+
+DEFAULT_RECIPE = "fast"
+RUNS_DIR = "runs"  # where `train` puts a run when --out is not given
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    train = subparsers.add_parser(
+        "train",
+        help="train a model on a data set with a recipe (writes a run directory)",
+        description=(
+            "Train a model. --recipe picks a TrainConfig preset; each flag below overrides one of its "
+            "fields. Writes config.json, metrics.jsonl, curves.png and checkpoints to --out "
+            f"(default: {RUNS_DIR}/MODEL-DATA-TIME)."
+        ),
+        epilog=_train_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train.add_argument(
+        "--recipe", choices=list_recipes(), help=f"preset for every field below (default: {DEFAULT_RECIPE})"
+    )
+    train.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue RUN_DIR from its latest checkpoint with its saved config (only --device and "
+        "--[no-]progress may be given with it)",
+    )
+    train.add_argument("--overwrite", action="store_true", help="replace an existing run directory --out")
+    _add_config_flags(
+        train.add_argument_group(f"config fields (default: the recipe's; shown: {DEFAULT_RECIPE})")
+    )
+    train.set_defaults(func=run_train)
+
+    ev = subparsers.add_parser(
+        "eval",
+        help="top-1/top-5 error, per-class accuracy and a confusion matrix of a trained model",
+        description="Evaluate a run directory (its latest checkpoint; EMA weights when kept) or a "
+        ".safetensors weights file written by resnetlab.",
+    )
+    ev.add_argument("path", metavar="RUN_DIR|WEIGHTS", help="run directory or .safetensors weights file")
+    ev.add_argument("--data", help="data set to evaluate on (default: the one it was trained on)")
+    ev.add_argument("--data-dir", metavar="DIR", help="where the data set files are")
+    ev.add_argument(
+        "--split", choices=("val", "test"), default="test", help="split to evaluate (default: test)"
+    )
+    ev.add_argument("--batch-size", type=int, default=512, help="examples per batch (default: 512)")
+    ev.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    ev.add_argument(
+        "--amp", choices=("none", "bf16", "fp16"), default="none", help="autocast (default: none)"
+    )
+    ev.add_argument(
+        "--figure",
+        metavar="PNG",
+        help="confusion-matrix path (default: confusion-SPLIT.png beside the weights)",
+    )
+    ev.set_defaults(func=run_eval)
+
+    pr = subparsers.add_parser(
+        "predict",
+        help="top-k classes with probabilities for image files",
+        description="Classify image files with a trained model; class names come from the run.",
+    )
+    pr.add_argument("path", metavar="RUN_DIR|WEIGHTS", help="run directory or .safetensors weights file")
+    pr.add_argument("images", metavar="IMAGE", nargs="+", help="image files (any format Pillow reads)")
+    pr.add_argument("--top-k", type=int, default=5, help="classes to show per image (default: 5)")
+    pr.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    pr.set_defaults(func=run_predict)
+
+
+def _field_kind(annotation: Any) -> tuple[Any, bool]:
+    """(the annotation without `| None`, whether None is allowed)."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args[0], True
+    return annotation, False
+
+
+def _scalar(text: str) -> Any:
+    """A model kwarg value: int, float, true/false, else the string itself (so norm=none stays "none")."""
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def _parser_for(annotation: Any) -> tuple[Any, str]:
+    """(text -> value, metavar) for a TrainConfig field type."""
+    kind, optional = _field_kind(annotation)
+    if typing.get_origin(kind) is tuple:
+        item = typing.get_args(kind)[0]
+
+        def parse(text: str) -> Any:
+            return tuple(item(part.strip()) for part in text.split(",") if part.strip())
+
+        metavar = "A,B,..."
+    elif typing.get_origin(kind) is dict:
+
+        def parse(text: str) -> Any:
+            pairs = [part.split("=", 1) for part in text.split(",") if part.strip()]
+            if any(len(pair) != 2 for pair in pairs):
+                raise ValueError(text)
+            return {key.strip(): _scalar(value.strip()) for key, value in pairs}
+
+        metavar = "KEY=VALUE,..."
+    else:
+        parse, metavar = kind, kind.__name__.upper()
+
+    def convert(text: str) -> Any:
+        if optional and text.lower() == "none":
+            return None
+        try:
+            return parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {metavar}, got {text!r}") from None
+
+    return convert, metavar + ("|none" if optional else "")
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, tuple):
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items()) or "{}"
+    return str(value)
+
+
+def _add_config_flags(group: argparse._ArgumentGroup) -> None:
+    """One flag per TrainConfig field. Unset flags stay out of the namespace (SUPPRESS), so the
+    recipe's value holds and `run_train` can tell exactly which fields the user set."""
+    hints = typing.get_type_hints(TrainConfig)
+    shown = RECIPES[DEFAULT_RECIPE]
+    for field in dataclasses.fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        help_text = f"{field.metadata['help']} [{_shown(getattr(shown, field.name))}]"
+        if field.name == "out":
+            help_text = f"{field.metadata['help']} [{RUNS_DIR}/MODEL-DATA-TIME]"
+        if hints[field.name] is bool:
+            group.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
+            )
+            continue
+        convert, metavar = _parser_for(hints[field.name])
+        if "choices" in field.metadata:
+            metavar = "{" + ",".join(field.metadata["choices"]) + "}"
+        group.add_argument(
+            flag,
+            type=convert,
+            metavar=metavar,
+            choices=field.metadata.get("choices"),
+            default=argparse.SUPPRESS,
+            help=help_text,
+        )
+
+
+def _train_epilog() -> str:
+    base = TrainConfig()
+    lines = ["recipes (fields that differ from the TrainConfig defaults):"]
+    for name in list_recipes():
+        recipe = RECIPES[name]
+        changed = [
+            f"{f.name}={_shown(getattr(recipe, f.name))}"
+            for f in dataclasses.fields(TrainConfig)
+            if getattr(recipe, f.name) != getattr(base, f.name)
+        ]
+        lines.append(
+            textwrap.fill(" ".join(changed), 100, initial_indent=f"  {name:<16}", subsequent_indent=" " * 18)
+        )
+    lines += [
+        "",
+        "examples:",
+        "  resnetlab train --model resnet20 --data fashion-mnist --recipe fast --epochs 15 --out runs/r20",
+        "  resnetlab train --model resnet110 --data cifar10 --recipe paper-cifar --out runs/paper-r110",
+        "  resnetlab train --resume runs/r20",
+    ]
+    return "\n".join(lines)
+
+
+def default_run_dir(cfg: TrainConfig) -> str:
+    """runs/MODEL-DATA-YYYYmmdd-HHMMSS; an image folder is named by its last path component."""
+    data = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(cfg.data.removeprefix("imagefolder:")).name or "data")
+    return str(Path(RUNS_DIR) / f"{cfg.model}-{data}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
+    """(the config to train, whether it resumes) from the recipe or RUN_DIR plus the flags given."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    if args.resume is None:
+        cfg = dataclasses.replace(get_recipe(args.recipe or DEFAULT_RECIPE), **given)
+        if "out" not in given:
+            cfg = dataclasses.replace(cfg, out=default_run_dir(cfg))
+        return cfg, False
+    if args.overwrite:
+        raise Error("--resume and --overwrite contradict each other; drop one of them")
+    if args.recipe:
+        raise Error("--resume takes the recipe from RUN_DIR/config.json; drop --recipe")
+    if "out" in given:
+        raise Error("--resume RUN_DIR already names the run directory; drop --out")
+    fixed = sorted(set(given) - set(RESUME_MAY_CHANGE))
+    if fixed:
+        flags = ", ".join("--" + name.replace("_", "-") for name in fixed)
+        raise Error(f"--resume continues a run with its saved config; drop {flags} (or start a new run)")
+    run_dir = Path(args.resume)
+    if not run_dir.is_dir():
+        raise Error(f"--resume {run_dir}: no such run directory")
+    return dataclasses.replace(read_config(run_dir), out=str(run_dir), **given), True
+
+
+def run_train(args: argparse.Namespace) -> int:
+    cfg, resume = config_from_args(args)
+    result = fit(cfg, resume=resume, overwrite=args.overwrite)
+    final = {r["split"]: r for r in result.history if r["kind"] == "eval"}
+    summary = ", ".join(f"{split} error {100 * r['err']:.2f}%" for split, r in final.items())
+    if summary:
+        print(f"final: {summary}")
+    if result.run_dir is not None:
+        print(f"run directory: {result.run_dir}")
+        print(f"next: resnetlab eval {result.run_dir}   resnetlab predict {result.run_dir} IMAGE...")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise Error("--batch-size must be at least 1")
+    report = evaluate_checkpoint(
+        args.path,
+        data=args.data,
+        data_dir=args.data_dir,
+        split=args.split,
+        batch_size=args.batch_size,
+        device=args.device,
+        amp=args.amp,
+        figure=args.figure,
+    )
+    print(format_report(report))
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    for prediction in predict(args.path, args.images, top_k=args.top_k, device=args.device):
+        ranked = ", ".join(f"{name} {100 * p:.1f}%" for name, p in prediction.top)
+        print(f"{prediction.path}: {ranked}")
+    return 0

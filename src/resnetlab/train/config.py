@@ -1,0 +1,221 @@
+"""What a training run does: one `TrainConfig` dataclass and the named recipes built from it.
+
+The dataclass is the single source of truth: `resnetlab train` derives one flag per field (the
+help text below is the flag's help, units included), `config.json` in the run directory stores
+it resolved, and a recipe is nothing but a `TrainConfig` with some fields changed.
+
+Recipes:
+  paper-cifar     [He15 §4.2] batch 128, SGD m=0.9, wd 1e-4, lr 0.1 /10 at 32k and 48k iterations,
+                  stop at 64k; lr 0.01 warm-up for depth >= 110 until train error < 80%; pad 4, crop, flip.
+  paper-imagenet  [He15 §3.4] batch 256, lr 0.1 /10 every 30 epochs, 90 epochs, wd 1e-4.
+  fast            Nesterov, one-cycle lr, label smoothing, bf16 autocast, channels_last, EMA, no weight
+                  decay on BN and biases; tuned on Fashion-MNIST's validation split (docs/training.md).
+  fast-long       `fast` for longer with random erasing: the >= 95% Fashion-MNIST preset.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from resnetlab.errors import Error
+
+AMP_MODES = ("none", "bf16", "fp16")
+# Fields that do not change what a run computes, so they may differ when it is resumed.
+RESUME_MAY_CHANGE = ("out", "device", "progress")
+SCHEDULES = ("step", "cosine", "onecycle", "constant")
+EVAL_SPLITS = ("val", "test")
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    """A field whose `help` (with units) becomes the CLI flag's help; `choices` restricts values."""
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata={"help": help, **extra})
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # What to train on what.
+    model: str = _opt("resnet20", "registered model name (see `resnetlab models`)")
+    model_kwargs: dict[str, Any] = _opt({}, "extra create_model keyword arguments, e.g. norm=none,shortcut=B")
+    data: str = _opt("fashion-mnist", "fashion-mnist, mnist, cifar10, cifar100 or imagefolder:PATH")
+    data_dir: str | None = _opt(None, "where the data set files are (none: the default search path)")
+    train_subset: int | None = _opt(None, "train on only this many examples, chosen by --seed (none: all)")
+    val_size: int = _opt(5000, "examples held out of train as the val split, chosen by --seed [He15: 45k/5k]")
+    crop_padding: int = _opt(0, "pixels of zero padding before a random crop back to size (0: no crop)")
+    flip: bool = _opt(False, "random horizontal flips")
+    erasing: float = _opt(0.0, "random-erasing probability per image")
+    mixup: float = _opt(0.0, "mixup Beta(a, a) alpha (0: off)")
+    cutmix: float = _opt(0.0, "CutMix Beta(a, a) alpha (0: off)")
+    workers: int = _opt(4, "DataLoader worker processes per rank (image folders only)")
+    strict: bool = _opt(False, "image folders: an unreadable image stops the run instead of being skipped")
+
+    # How long, and the optimizer.
+    epochs: int = _opt(30, "passes over the training split")
+    max_steps: int | None = _opt(None, "stop after this many optimizer steps instead of --epochs (none: off)")
+    batch_size: int = _opt(128, "examples per optimizer step, GLOBAL across all ranks")
+    lr: float = _opt(0.1, "peak learning rate per step of --batch-size examples")
+    scale_lr: bool = _opt(False, "linear-scaling rule [Goyal17]: use lr * batch_size / lr_batch")
+    lr_batch: int = _opt(256, "the batch size --lr is quoted for when --scale-lr is on (examples)")
+    momentum: float = _opt(0.9, "SGD momentum")
+    nesterov: bool = _opt(False, "Nesterov momentum")
+    weight_decay: float = _opt(1e-4, "L2 weight decay, coupled into the SGD gradient")
+    wd_norm_bias: bool = _opt(True, "also decay BN scales/shifts and biases (off: conv/fc weights only)")
+    schedule: str = _opt("step", "learning-rate shape over the run", choices=SCHEDULES)
+    milestones: tuple[float, ...] = _opt(
+        (0.5, 0.75), "step schedule: fractions of the run where lr *= lr_decay"
+    )
+    lr_decay: float = _opt(0.1, "step schedule: lr factor at each milestone")
+    warmup: float = _opt(0.0, "fraction of the run over which lr ramps linearly from 0 to --lr")
+    warmup_lr: float = _opt(0.0, "[He15 §4.2] hold this lr until train error < --warmup-until-err (0: off)")
+    warmup_until_err: float = _opt(0.8, "train-error fraction that ends the --warmup-lr phase")
+    warmup_min_depth: int = _opt(0, "apply --warmup-lr only to nets with at least this many weighted layers")
+    label_smoothing: float = _opt(0.0, "label smoothing of the cross-entropy targets")
+    grad_clip: float = _opt(0.0, "clip the global gradient L2 norm to this (0: off)")
+    ema_decay: float = _opt(0.0, "per-step decay of an EMA of the weights, used for eval (0: off)")
+
+    # Where and how fast.
+    device: str = _opt("auto", "auto, cpu, cuda or cuda:N (torchrun: cuda:LOCAL_RANK)")
+    amp: str = _opt(
+        "none", "autocast dtype: bf16 (CPU or CUDA), fp16 with loss scaling (CUDA)", choices=AMP_MODES
+    )
+    channels_last: bool = _opt(False, "NHWC memory format for the model and the batches")
+    compile: bool = _opt(False, "torch.compile the model (slow first steps, faster after)")
+    sync_bn: bool = _opt(False, "SyncBatchNorm across ranks (only under torchrun)")
+    seed: int = _opt(0, "seed for init, the val split, the subset and the data order")
+    deterministic: bool = _opt(False, "deterministic kernels only: bit-equal reruns and resumes")
+
+    # What it records.
+    log_every: int = _opt(50, "optimizer steps between train records in metrics.jsonl")
+    eval_every: int = _opt(0, "optimizer steps between evaluations (0: at the end of each epoch)")
+    eval_splits: tuple[str, ...] = _opt(("val", "test"), "splits evaluated at each eval (val, test)")
+    eval_batch_size: int = _opt(512, "examples per evaluation batch, GLOBAL across ranks")
+    checkpoint_every: int = _opt(0, "optimizer steps between checkpoints (0: at the end of each epoch)")
+    out: str | None = _opt(None, "run directory to write (none: write nothing)")
+    progress: bool = _opt(True, "progress bars (shown only on a terminal, only on rank 0)")
+
+    def check(self) -> None:
+        """Raise `Error` for values that cannot work together; the message names the flags."""
+        _require(self.epochs > 0 or (self.max_steps or 0) > 0, "--epochs must be positive")
+        _require(self.max_steps is None or self.max_steps > 0, "--max-steps must be positive or none")
+        _require(self.batch_size > 0 and self.eval_batch_size > 0, "batch sizes must be positive")
+        _require(self.lr > 0 and self.lr_batch > 0, "--lr and --lr-batch must be positive")
+        _require(
+            self.train_subset is None or self.train_subset > 0, "--train-subset must be positive or none"
+        )
+        _require(self.val_size >= 0, "--val-size must be >= 0")
+        _require(self.amp in AMP_MODES, f"--amp must be one of {', '.join(AMP_MODES)}")
+        _require(self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}")
+        _require(
+            list(self.milestones) == sorted(self.milestones) and all(0 < m < 1 for m in self.milestones),
+            "--milestones must be increasing fractions of the run in (0, 1), e.g. 0.5,0.75",
+        )
+        _require(0 <= self.warmup < 1, "--warmup is a fraction of the run in [0, 1)")
+        _require(0 <= self.warmup_until_err <= 1, "--warmup-until-err is an error fraction in [0, 1]")
+        _require(0 <= self.ema_decay < 1, "--ema-decay must be in [0, 1)")
+        _require(0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)")
+        _require(0 <= self.erasing <= 1, "--erasing is a probability in [0, 1]")
+        _require(
+            self.mixup >= 0 and self.cutmix >= 0 and self.grad_clip >= 0, "alphas and --grad-clip are >= 0"
+        )
+        _require(self.log_every > 0, "--log-every must be positive")
+        _require(
+            self.eval_every >= 0 and self.checkpoint_every >= 0, "--eval-every/--checkpoint-every are >= 0"
+        )
+        unknown = set(self.eval_splits) - set(EVAL_SPLITS)
+        _require(not unknown, f"--eval-splits takes val and/or test, not {', '.join(sorted(unknown))}")
+        _require(
+            "val" not in self.eval_splits or self.val_size > 0,
+            "--eval-splits includes val but --val-size is 0; hold out a val split or use --eval-splits test",
+        )
+        _require(
+            not (self.deterministic and self.compile),
+            "--deterministic and --compile contradict each other; drop one of them",
+        )
+        _require(
+            not (self.amp == "fp16" and self.device == "cpu"), "--amp fp16 needs CUDA; use --amp bf16 on CPU"
+        )
+
+    def steps_per_epoch(self, train_examples: int) -> int:
+        """Optimizer steps in one pass; the last partial batch is dropped."""
+        return max(1, train_examples // self.batch_size)
+
+    def total_steps(self, train_examples: int) -> int:
+        return self.max_steps or self.epochs * self.steps_per_epoch(train_examples)
+
+    def peak_lr(self) -> float:
+        return self.lr * self.batch_size / self.lr_batch if self.scale_lr else self.lr
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise Error(message)
+
+
+_PAPER_CIFAR = TrainConfig(
+    data="cifar10",
+    batch_size=128,
+    lr=0.1,
+    momentum=0.9,
+    weight_decay=1e-4,
+    max_steps=64_000,  # [He15 §4.2] iterations, about 182 epochs of 45k
+    schedule="step",
+    milestones=(0.5, 0.75),  # 32k and 48k of 64k iterations
+    lr_decay=0.1,
+    warmup_lr=0.01,  # "until the training error is below 80% (about 400 iterations)"
+    warmup_until_err=0.8,
+    warmup_min_depth=110,
+    crop_padding=4,
+    flip=True,
+    val_size=5000,
+)
+
+RECIPES: dict[str, TrainConfig] = {
+    "paper-cifar": _PAPER_CIFAR,
+    "paper-imagenet": TrainConfig(
+        model="resnet50",
+        data="imagefolder:imagenet",
+        batch_size=256,
+        lr=0.1,
+        weight_decay=1e-4,
+        epochs=90,
+        schedule="step",
+        milestones=(1 / 3, 2 / 3),  # epochs 30 and 60 of 90
+        val_size=0,
+        eval_splits=("test",),
+        log_every=100,
+        workers=8,
+    ),
+    "fast": TrainConfig(
+        epochs=12,
+        batch_size=256,
+        lr=0.4,
+        nesterov=True,
+        weight_decay=5e-4,
+        wd_norm_bias=False,
+        schedule="onecycle",
+        warmup=0.15,
+        label_smoothing=0.1,
+        ema_decay=0.998,
+        amp="bf16",
+        channels_last=True,
+        crop_padding=2,
+        flip=True,
+        log_every=20,
+    ),
+}
+RECIPES["fast-long"] = dataclasses.replace(RECIPES["fast"], epochs=60, erasing=0.5)
+
+
+def list_recipes() -> list[str]:
+    return sorted(RECIPES)
+
+
+def get_recipe(name: str) -> TrainConfig:
+    """A fresh copy of a named recipe; unknown names raise `Error` listing the known ones."""
+    if name not in RECIPES:
+        raise Error(f"unknown recipe {name!r}; choose one of {', '.join(list_recipes())}")
+    return copy.deepcopy(RECIPES[name])

@@ -1,0 +1,465 @@
+"""The training loop: `fit(cfg)` trains one model and returns it with its history.
+
+Reading order: `fit` decides where it runs (`Runtime`: device, rank, world size) and which
+kernels it may use; `_fit` loads the data, builds the model, optimizer, schedule and EMA,
+opens the run directory, maybe restores a checkpoint, and then runs the loop. Every step is
+forward (under autocast), loss, backward, optional clipping, SGD step, EMA update. Train records,
+evaluations and checkpoints happen at fixed step counts, so a resumed run makes the same ones.
+
+Everything rank-dependent goes through `Runtime`, so one process and `torchrun --nproc-per-node N`
+take the same path: each rank trains on its stride of the epoch's permutation with batch_size / N
+examples, DDP averages the gradients, evaluation counts are summed over ranks, and only rank 0
+writes files, prints and draws progress bars.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from resnetlab.data import Augment, load_dataset, make_loader
+from resnetlab.errors import Error
+from resnetlab.models import create_model
+from resnetlab.models.registry import get_builder
+from resnetlab.train.checkpoint import (
+    EMA_FILE,
+    MODEL_FILE,
+    latest_checkpoint,
+    load_train_state,
+    load_weights,
+    save_checkpoint,
+)
+from resnetlab.train.config import RESUME_MAY_CHANGE, TrainConfig
+from resnetlab.train.distributed import Runtime, setup_runtime, teardown_runtime
+from resnetlab.train.ema import EMA
+from resnetlab.train.evaluate import evaluate
+from resnetlab.train.optim import LRSchedule, build_optimizer, count_weighted_layers
+from resnetlab.train.precision import autocast, grad_scaler
+from resnetlab.train.rundir import Recorder, prepare_run_dir, read_config, read_metrics, write_config
+
+T = TypeVar("T")
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module  # trained, unwrapped, in eval mode; the EMA weights when the run kept an EMA
+    history: list[dict[str, Any]]  # the records of metrics.jsonl, in order (rank 0's view)
+    run_dir: Path | None
+    config: TrainConfig
+
+
+def fit(
+    cfg: TrainConfig,
+    *,
+    model: nn.Module | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    runtime: Runtime | None = None,
+) -> TrainResult:
+    """Train `cfg.model` (or the given `model`, which must match it) on `cfg.data`.
+
+    resume: continue the run in `cfg.out` from its latest checkpoint (from scratch if it has none).
+    overwrite: replace an existing run directory `cfg.out`. runtime: where to run; by default
+    decided from `cfg.device` and torchrun's environment, and torn down afterwards.
+    """
+    cfg.check()
+    if resume and cfg.out is None:
+        raise Error("resuming needs the run directory: --resume RUN_DIR")
+    if resume and overwrite:
+        raise Error("--resume and --overwrite contradict each other; drop one of them")
+    own_runtime = runtime is None
+    runtime = runtime or setup_runtime(cfg.device)
+    try:
+        with _kernel_settings(cfg.deterministic, runtime.device):
+            return _fit(cfg, model, resume=resume, overwrite=overwrite, runtime=runtime)
+    finally:
+        if own_runtime:
+            teardown_runtime(runtime)
+
+
+def _fit(
+    cfg: TrainConfig, model: nn.Module | None, *, resume: bool, overwrite: bool, runtime: Runtime
+) -> TrainResult:
+    device, world = runtime.device, runtime.world_size
+    if model is None:
+        get_builder(cfg.model)  # an unknown model name fails now, not after the data is read
+    if cfg.batch_size % world or cfg.eval_batch_size % world:
+        raise Error(f"--batch-size and --eval-batch-size are global and must divide by the {world} ranks")
+    if cfg.amp == "fp16" and device.type != "cuda":
+        raise Error("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
+
+    # Data. Rank 0 loads first, so only one process downloads missing files.
+    splits = _main_first(runtime, lambda: _load_splits(cfg))
+    train_set = splits.pop("train")
+    augment = Augment(cfg.crop_padding, cfg.flip, cfg.erasing, cfg.mixup, cfg.cutmix)
+    shared = dict(device=device, rank=runtime.rank, world_size=world, num_workers=cfg.workers)
+    loader = make_loader(
+        train_set,
+        batch_size=cfg.batch_size // world,
+        train=True,
+        augment=augment,
+        seed=cfg.seed,
+        channels_last=cfg.channels_last,
+        **shared,
+    )
+    eval_loaders = {
+        split: make_loader(
+            ds,
+            batch_size=cfg.eval_batch_size // world,
+            train=False,
+            channels_last=cfg.channels_last,
+            **shared,
+        )
+        for split, ds in splits.items()
+    }
+    steps_per_epoch = len(loader)
+    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+    num_epochs = math.ceil(total_steps / steps_per_epoch)
+
+    # Model, optimizer, schedule. The initial weights depend on the seed alone, not on the rank.
+    torch.manual_seed(cfg.seed)
+    if model is None:
+        model = create_model(
+            cfg.model, num_classes=train_set.num_classes, in_chans=train_set.in_chans, **cfg.model_kwargs
+        )
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format)
+    optimizer = build_optimizer(cfg, model)
+    schedule = LRSchedule(optimizer, cfg, total_steps, depth=count_weighted_layers(model))
+    ema = EMA(model, cfg.ema_decay) if cfg.ema_decay else None
+    scaler = grad_scaler(device, cfg.amp)
+    meta = _model_meta(cfg, train_set)
+
+    # Run directory and resumption.
+    run_dir = _open_run_dir(
+        cfg, runtime, resume=resume, overwrite=overwrite, dataset=_describe(train_set, splits)
+    )
+    step, history, last_checkpoint, rng = 0, [], None, None
+    if resume:
+        last_checkpoint = latest_checkpoint(run_dir)
+    if last_checkpoint is not None:
+        state = load_train_state(last_checkpoint)
+        if state["total_steps"] != total_steps:
+            raise Error(
+                f"{last_checkpoint} was made for a {state['total_steps']}-step run but this one has "
+                f"{total_steps} steps; resume with the run's own data and batch size"
+            )
+        model.load_state_dict(load_weights(last_checkpoint / MODEL_FILE)[0])
+        if ema is not None:
+            ema.module.load_state_dict(load_weights(last_checkpoint / EMA_FILE)[0])
+            ema.updates = state["ema_updates"]
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        scaler.load_state_dict(state["scaler"])
+        step, rng = state["step"], state["rng"]
+        history = read_metrics(run_dir)[: state["history_len"]] if runtime.is_main else []
+    torch.manual_seed(cfg.seed + runtime.rank)  # dropout-like draws (drop_path) differ between ranks
+
+    train_model = runtime.wrap(model, sync_bn=cfg.sync_bn)
+    if cfg.compile:
+        train_model = torch.compile(train_model)
+    eval_model = ema.module if ema is not None else model
+    recorder = Recorder(run_dir if runtime.is_main else None, history)
+    talk = cfg.progress and runtime.is_main
+    bar = tqdm(
+        total=total_steps,
+        initial=step,
+        unit="step",
+        dynamic_ncols=True,
+        disable=not (talk and sys.stderr.isatty()),  # no bar in logs and pipes: they stay clean
+    )
+
+    def log_train(window: _Window, lr: float) -> None:
+        loss, err, img_per_s = window.flush(runtime)
+        if not math.isfinite(loss):
+            _diverged(loss, step, step / steps_per_epoch, last_checkpoint)
+        record = {"kind": "train", "step": step, "epoch": round(step / steps_per_epoch, 4)}
+        recorder.log({**record, "loss": loss, "err": err, "lr": lr, "img_per_s": img_per_s})
+        bar.set_postfix(
+            loss=f"{loss:.3f}", acc=f"{100 * (1 - err):.1f}%", img_s=f"{img_per_s:.0f}", refresh=False
+        )
+
+    def log_eval() -> None:
+        for split, split_loader in eval_loaders.items():
+            result = evaluate(
+                eval_model, split_loader, num_classes=train_set.num_classes, runtime=runtime, amp=cfg.amp
+            )
+            epoch = round(step / steps_per_epoch, 4)
+            recorder.log({"kind": "eval", "split": split, "step": step, "epoch": epoch, **result.record()})
+            if talk:
+                bar.write(
+                    f"epoch {epoch:g} step {step} {split}: error {100 * result.err:.2f}%, "
+                    f"top-5 error {100 * result.top5_err:.2f}%, loss {result.loss:.4f}"
+                )
+        recorder.plot()
+
+    def write_checkpoint(window: _Window) -> Path | None:
+        if not window.finite(runtime):
+            _diverged(math.nan, step, step / steps_per_epoch, last_checkpoint)
+        if run_dir is None or not runtime.is_main:
+            return last_checkpoint
+        train_state = {
+            "total_steps": total_steps,
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "scaler": scaler.state_dict(),
+            "ema_updates": ema.updates if ema is not None else 0,
+            "rng": _rng_state(device),
+            "history_len": len(recorder.history),
+        }
+        return save_checkpoint(
+            run_dir,
+            step,
+            model=model.state_dict(),
+            ema=ema.module.state_dict() if ema is not None else None,
+            meta=meta,
+            train_state=train_state,
+        )
+
+    try:
+        window = _Window(device)
+        start_epoch, skip = divmod(step, steps_per_epoch)
+        model.train()
+        for epoch in range(start_epoch, num_epochs):
+            loader.set_epoch(epoch)
+            batches = _skip(iter(loader), skip)  # the loader's draws depend on (seed, epoch, batch) only
+            skip = 0
+            if rng is not None:  # restored after the skip, which may have drawn from the global RNG
+                _set_rng_state(rng, device)
+                rng = None
+            for x, y in batches:
+                lr = schedule.set(step)
+                loss, errors = _train_step(train_model, model, optimizer, scaler, x, y, cfg, device)
+                if ema is not None:
+                    ema.update()
+                window.add(loss, errors, len(x))
+                step += 1
+                bar.update()
+                if schedule.in_error_warmup:
+                    schedule.observe_train_error(window.error_so_far(runtime))
+                epoch_end, last = step % steps_per_epoch == 0, step == total_steps
+                if step % cfg.log_every == 0 or epoch_end or last:
+                    log_train(window, lr)
+                paused = time.perf_counter()
+                if (step % cfg.eval_every == 0 if cfg.eval_every else epoch_end) or last:
+                    log_eval()
+                if (step % cfg.checkpoint_every == 0 if cfg.checkpoint_every else epoch_end) or last:
+                    last_checkpoint = write_checkpoint(window)
+                window.started += time.perf_counter() - paused  # img/s counts training time only
+                if last:
+                    break
+    finally:
+        bar.close()
+        recorder.close()
+    runtime.barrier()  # every rank returns once rank 0's files are complete
+    return TrainResult(eval_model.eval(), recorder.history, run_dir, cfg)
+
+
+def _train_step(
+    train_model: nn.Module,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: TrainConfig,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step on a batch; returns (mean loss, number of top-1 errors), both still on the device."""
+    with autocast(device, cfg.amp):
+        logits = train_model(x)
+    # The loss in fp32: log-softmax over bf16 logits loses the small probabilities.
+    loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if cfg.grad_clip:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    target = y if y.ndim == 1 else y.argmax(1)  # mixup/CutMix: the dominant class
+    return loss.detach(), (logits.detach().argmax(1) != target).sum()
+
+
+class _Window:
+    """Loss and error sums since the last train record, on the device: steps never wait for them."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._reset()
+
+    def _reset(self) -> None:
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)  # sum of loss * batch
+        self.errors = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.count = 0  # examples
+        self.started = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, errors: torch.Tensor, n: int) -> None:
+        self.loss_sum += loss.double() * n
+        self.errors += errors
+        self.count += n
+
+    def _reduced(self, runtime: Runtime) -> tuple[float, float, float]:
+        """(loss sum, errors, examples), summed over ranks."""
+        count = torch.tensor(float(self.count), dtype=torch.float64, device=self.device)
+        loss_sum, errors, n = runtime.all_reduce_sum(
+            torch.stack([self.loss_sum, self.errors, count])
+        ).tolist()
+        return loss_sum, errors, n
+
+    def finite(self, runtime: Runtime) -> bool:
+        return math.isfinite(self._reduced(runtime)[0])
+
+    def error_so_far(self, runtime: Runtime) -> float:
+        _, errors, n = self._reduced(runtime)
+        return errors / max(n, 1)
+
+    def flush(self, runtime: Runtime) -> tuple[float, float, float]:
+        """(mean loss, error fraction, images per second over all ranks) since the last flush."""
+        loss_sum, errors, n = self._reduced(runtime)
+        seconds = time.perf_counter() - self.started
+        self._reset()
+        n = max(n, 1)
+        return loss_sum / n, errors / n, n / seconds
+
+
+def _diverged(loss: float, step: int, epoch: float, checkpoint: Path | None) -> None:
+    kept = f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint had been written"
+    raise Error(
+        f"training diverged: the loss became {loss} by step {step} (epoch {epoch:.2f}); {kept}. "
+        "Try a lower --lr, --grad-clip 1.0, or --amp none"
+    )
+
+
+def _skip(batches: Iterator[T], n: int) -> Iterator[T]:
+    for _ in range(n):
+        next(batches)
+    return batches
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+@contextlib.contextmanager
+def _kernel_settings(deterministic: bool, device: torch.device) -> Iterator[None]:
+    """Deterministic kernels for --deterministic, autotuned cuDNN otherwise; restored afterwards."""
+    saved = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    if deterministic:
+        if device.type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for it
+        torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = not deterministic  # autotuning may pick other kernels per run
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0])
+        torch.backends.cudnn.benchmark = saved[1]
+
+
+def _main_first(runtime: Runtime, load: Callable[[], T]) -> T:
+    """`load()` on rank 0, then on the others: only one process downloads missing files."""
+    if not runtime.is_main:
+        runtime.barrier()
+    result = load()
+    if runtime.is_main:
+        runtime.barrier()
+    return result
+
+
+def _load_splits(cfg: TrainConfig) -> dict[str, Any]:
+    """{"train": ..., and each of cfg.eval_splits}; --train-subset picks its examples by --seed."""
+    kw = dict(data_dir=cfg.data_dir, val_size=cfg.val_size, seed=cfg.seed, strict=cfg.strict)
+    train = load_dataset(cfg.data, "train", **kw)
+    if cfg.train_subset is not None:
+        if cfg.train_subset > len(train):
+            raise Error(
+                f"--train-subset {cfg.train_subset} is larger than the {len(train)} training examples"
+            )
+        pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))
+        train = train.subset(pick[: cfg.train_subset].sort().values)
+    return {"train": train, **{split: load_dataset(cfg.data, split, **kw) for split in cfg.eval_splits}}
+
+
+def _model_meta(cfg: TrainConfig, train_set: Any) -> dict[str, Any]:
+    """What eval and predict need to rebuild the model and feed it, stored with the weights."""
+    return {
+        "model": cfg.model,
+        "model_kwargs": cfg.model_kwargs,
+        "num_classes": train_set.num_classes,
+        "in_chans": train_set.in_chans,
+        "classes": list(train_set.classes),
+        "mean": list(train_set.mean),
+        "std": list(train_set.std),
+        "image_size": train_set.image_size,
+        "resize_size": getattr(train_set, "resize_size", train_set.image_size),
+        "data": cfg.data,
+        "val_size": cfg.val_size,
+        "seed": cfg.seed,
+    }
+
+
+def _describe(train_set: Any, eval_sets: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "train_examples": len(train_set),
+        "eval_examples": {split: len(ds) for split, ds in eval_sets.items()},
+        "classes": list(train_set.classes),
+        "in_chans": train_set.in_chans,
+        "image_size": train_set.image_size,
+        "mean": list(train_set.mean),
+        "std": list(train_set.std),
+    }
+
+
+def _open_run_dir(
+    cfg: TrainConfig, runtime: Runtime, *, resume: bool, overwrite: bool, dataset: dict[str, Any]
+) -> Path | None:
+    """Rank 0 creates (or, resuming, checks) the run directory; its error, if any, stops every rank."""
+    if cfg.out is None:
+        return None
+    path = Path(cfg.out)
+    problem = None
+    if runtime.is_main:
+        try:
+            if resume:
+                stored = read_config(path)
+                changed = [
+                    f.name
+                    for f in dataclasses.fields(cfg)
+                    if f.name not in RESUME_MAY_CHANGE and getattr(cfg, f.name) != getattr(stored, f.name)
+                ]
+                if changed:
+                    raise Error(
+                        f"resuming {path} with a different config ({', '.join(changed)}); start a new run"
+                    )
+            else:
+                prepare_run_dir(path, overwrite=overwrite)
+                write_config(path, cfg, dataset=dataset)
+        except Error as exc:
+            problem = str(exc)
+    problem = runtime.broadcast_object(problem)
+    if problem:
+        raise Error(problem)
+    return path

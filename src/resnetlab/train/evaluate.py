@@ -1,0 +1,176 @@
+"""Evaluation: loss, top-1 and top-5 error and the confusion matrix, counted exactly across ranks.
+
+`evaluate` is what the training loop calls; `evaluate_checkpoint` backs `resnetlab eval
+RUN_DIR|weights.safetensors`, which adds per-class accuracy and a confusion-matrix PNG.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from torch import nn
+
+from resnetlab.data import load_dataset, make_loader
+from resnetlab.errors import Error
+from resnetlab.train.checkpoint import inference_weights, load_model
+from resnetlab.train.distributed import Runtime, resolve_device
+from resnetlab.train.precision import autocast
+
+
+@dataclass
+class EvalResult:
+    loss: float  # mean cross-entropy per example, nats
+    err: float  # top-1 error, fraction in [0, 1]
+    top5_err: float  # fraction of examples whose label is not among the 5 highest logits
+    confusion: torch.Tensor  # (K, K) int64 counts: row = true class, column = predicted class
+
+    @property
+    def count(self) -> int:
+        return int(self.confusion.sum())
+
+    def per_class_accuracy(self) -> list[float]:
+        """Recall of each class (NaN for a class with no examples)."""
+        hits = self.confusion.diagonal().double()
+        totals = self.confusion.sum(1).double()
+        return [h / t if t else math.nan for h, t in zip(hits.tolist(), totals.tolist(), strict=True)]
+
+    def record(self) -> dict[str, float]:
+        return {"loss": self.loss, "err": self.err, "top5_err": self.top5_err}
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: Any, *, num_classes: int, runtime: Runtime | None = None, amp: str = "none"
+) -> EvalResult:
+    """Evaluate on every example of `loader` once; under torchrun each rank sees its shard and the
+    counts are summed over ranks, so the result equals a single-process evaluation."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    k = num_classes
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    top5_hits = torch.zeros((), dtype=torch.float64, device=device)
+    pairs = []  # true * K + predicted, one int64 per example; counted on the CPU at the end
+    for x, y in loader:
+        with autocast(device, amp):
+            logits = model(x)
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        pairs.append(y * k + logits.argmax(1))
+        top5 = logits.topk(min(5, k), dim=1).indices
+        top5_hits += (top5 == y[:, None]).any(1).sum()
+    model.train(was_training)
+    # bincount on the CPU: CUDA's is nondeterministic and refused in --deterministic runs.
+    codes = torch.cat(pairs).cpu() if pairs else torch.zeros(0, dtype=torch.long)
+    confusion = torch.bincount(codes, minlength=k * k).to(device, torch.float64)
+    # One float64 all-reduce for everything: counts stay exact up to 2**53 examples.
+    totals = torch.cat([confusion, loss_sum[None], top5_hits[None]])
+    if runtime is not None:
+        runtime.all_reduce_sum(totals)
+    confusion = totals[: k * k].round().long().view(k, k).cpu()
+    n = max(int(confusion.sum()), 1)
+    return EvalResult(
+        loss=float(totals[-2]) / n,
+        err=1 - int(confusion.trace()) / n,
+        top5_err=1 - float(totals[-1]) / n,
+        confusion=confusion,
+    )
+
+
+def plot_confusion(confusion: torch.Tensor, classes: list[str], path: Path, title: str) -> None:
+    """Row-normalised confusion matrix (each true class sums to 100%) as a PNG."""
+    k = len(classes)
+    rates = confusion.double() / confusion.sum(1, keepdim=True).clamp(min=1)
+    size = max(5.0, 0.5 * k + 2)
+    fig = Figure(figsize=(size, size * 0.9), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    image = ax.imshow(100 * rates.numpy(), cmap="Blues", vmin=0, vmax=100)
+    fig.colorbar(image, ax=ax, label="% of the true class", shrink=0.8)
+    if k <= 30:  # beyond that, tick labels and numbers overlap
+        ax.set_xticks(range(k), classes, rotation=45, ha="right")
+        ax.set_yticks(range(k), classes)
+        for i in range(k):
+            for j in range(k):
+                if confusion[i, j]:
+                    color = "white" if rates[i, j] > 0.5 else "black"
+                    ax.text(
+                        j, i, f"{100 * rates[i, j]:.0f}", ha="center", va="center", fontsize=7, color=color
+                    )
+    ax.set(xlabel="predicted class", ylabel="true class", title=title)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    os.replace(tmp, path)
+
+
+@dataclass
+class CheckpointEval:
+    result: EvalResult
+    meta: dict[str, Any]
+    data: str
+    split: str
+    classes: list[str]
+    figure: Path
+
+
+def evaluate_checkpoint(
+    path: str | Path,
+    *,
+    data: str | None = None,
+    data_dir: str | None = None,
+    split: str = "test",
+    batch_size: int = 512,
+    device: str = "auto",
+    amp: str = "none",
+    figure: str | Path | None = None,
+) -> CheckpointEval:
+    """Evaluate a run directory or weights file on a split; draws the confusion matrix PNG.
+
+    The data set defaults to the one the model was trained on; the PNG goes to
+    RUN_DIR/confusion-SPLIT.png, or next to a weights file, unless `figure` names a path.
+    """
+    path = Path(path)
+    weights = inference_weights(path)
+    dev = resolve_device(device)
+    model, meta = load_model(weights, dev)
+    data = data or meta["data"]
+    dataset = load_dataset(
+        data, split, data_dir=data_dir, val_size=meta["val_size"] if split == "val" else 0, seed=meta["seed"]
+    )
+    if dataset.num_classes != meta["num_classes"] or dataset.in_chans != meta["in_chans"]:
+        raise Error(
+            f"{data} has {dataset.num_classes} classes and {dataset.in_chans} channels, but the model was "
+            f"trained for {meta['num_classes']} classes and {meta['in_chans']} channels; pick matching --data"
+        )
+    loader = make_loader(dataset, batch_size=batch_size, train=False, device=dev)
+    result = evaluate(model, loader, num_classes=meta["num_classes"], amp=amp)
+    if figure is None:
+        folder = path if path.is_dir() else weights.parent
+        figure = folder / f"confusion-{split}.png"
+    figure = Path(figure)
+    title = f"{meta['model']} on {data} {split}: top-1 error {100 * result.err:.2f}%"
+    plot_confusion(result.confusion, list(dataset.classes), figure, title)
+    return CheckpointEval(result, meta, data, split, list(dataset.classes), figure)
+
+
+def format_report(ev: CheckpointEval) -> str:
+    """The text `resnetlab eval` prints: headline errors, then accuracy per class."""
+    r = ev.result
+    lines = [
+        f"{ev.meta['model']} on {ev.data} {ev.split} ({r.count} images): "
+        f"top-1 error {100 * r.err:.2f}%, top-5 error {100 * r.top5_err:.2f}%, loss {r.loss:.4f}",
+        "",
+        f"{'class':<24} {'accuracy':>8}  {'images':>6}",
+    ]
+    for name, acc, n in zip(ev.classes, r.per_class_accuracy(), r.confusion.sum(1).tolist(), strict=True):
+        lines.append(f"{name:<24} {100 * acc:>7.2f}%  {n:>6}")
+    lines += ["", f"confusion matrix: {ev.figure}"]
+    return "\n".join(lines)

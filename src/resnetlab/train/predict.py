@@ -1,0 +1,63 @@
+"""Prediction on image files: the top-k classes with probabilities, named as in the training data.
+
+Each image is shown to the model the way the training data's evaluation split was: converted to
+the model's channels, short side resized and centre-cropped to the training image size, and
+normalised with the training split's mean and std, all of which the weights file records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from resnetlab.data.folder import centre_box
+from resnetlab.errors import Error
+from resnetlab.train.checkpoint import load_model
+from resnetlab.train.distributed import resolve_device
+
+
+@dataclass
+class Prediction:
+    path: Path
+    top: list[tuple[str, float]]  # (class name, probability), most likely first
+
+
+def load_image(path: str | Path, *, in_chans: int, image_size: int, resize_size: int) -> torch.Tensor:
+    """(C, S, S) uint8 evaluation view of an image file; an unreadable file is an `Error`."""
+    try:
+        with Image.open(path) as file:
+            image = file.convert("L" if in_chans == 1 else "RGB")
+    except FileNotFoundError:
+        raise Error(f"no image at {path}") from None
+    except Exception as exc:  # Pillow reports bad files as OSError, SyntaxError, ValueError, bomb errors
+        raise Error(f"cannot read image {path}: {type(exc).__name__}: {exc}") from None
+    box = centre_box(image.size, image_size, resize_size)
+    image = image.resize((image_size, image_size), Image.Resampling.BILINEAR, box=box)
+    array = np.array(image)
+    return torch.from_numpy(array[None] if array.ndim == 2 else array.transpose(2, 0, 1).copy())
+
+
+@torch.no_grad()
+def predict(
+    source: str | Path, images: list[str | Path], *, top_k: int = 5, device: str = "auto"
+) -> list[Prediction]:
+    """Top-k predictions of a run directory's (or weights file's) model for each image file."""
+    if top_k < 1:
+        raise Error("--top-k must be at least 1")
+    dev = resolve_device(device)
+    model, meta = load_model(source, dev)
+    view = {k: meta[k] for k in ("in_chans", "image_size", "resize_size")}
+    batch = torch.stack([load_image(path, **view) for path in images]).to(dev)
+    mean = torch.tensor(meta["mean"], device=dev).view(1, -1, 1, 1)
+    std = torch.tensor(meta["std"], device=dev).view(1, -1, 1, 1)
+    probs = model((batch.float() / 255 - mean) / std).float().softmax(1)
+    values, indices = probs.topk(min(top_k, probs.shape[1]), dim=1)
+    classes = meta["classes"]
+    return [
+        Prediction(Path(path), [(classes[i], p) for i, p in zip(idx.tolist(), val.tolist(), strict=True)])
+        for path, val, idx in zip(images, values, indices, strict=True)
+    ]

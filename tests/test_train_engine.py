@@ -1,0 +1,155 @@
+"""The training loop on real Fashion-MNIST: it learns, resumes exactly, and stops on a NaN loss."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from resnetlab.errors import Error
+from resnetlab.models import create_model
+from resnetlab.train import TrainConfig, fit, get_recipe
+from resnetlab.train import engine as engine_module
+from resnetlab.train.checkpoint import MODEL_FILE, latest_checkpoint, list_checkpoints, load_weights
+from resnetlab.train.rundir import read_metrics
+
+# A 4-block CIFAR ResNet (75k parameters) on a slice of the real data: seconds per run.
+TINY = dataclasses.replace(
+    get_recipe("fast"),
+    model="cifar_resnet",
+    model_kwargs={"depth": 8},
+    train_subset=1024,
+    val_size=500,
+    eval_splits=("val",),
+    batch_size=64,
+    epochs=2,
+    log_every=4,
+    ema_decay=0.9,
+    progress=False,
+)
+
+
+def test_short_run_on_fashion_mnist_beats_chance_by_far(tmp_path):
+    cfg = dataclasses.replace(TINY, train_subset=4096, epochs=3, lr=0.2, out=str(tmp_path / "run"))
+    result = fit(cfg)
+    final = [r for r in result.history if r["kind"] == "eval"][-1]
+    assert final["split"] == "val" and final["step"] == 3 * 4096 // 64
+    assert final["err"] < 0.35, final  # chance is 0.9 on 10 balanced classes
+    assert final["top5_err"] < 0.05
+    # history == metrics.jsonl, and the run directory holds everything the docs promise
+    assert read_metrics(result.run_dir) == result.history
+    assert {p.name for p in result.run_dir.iterdir()} >= {"config.json", "metrics.jsonl", "curves.png"}
+    stored = json.loads((result.run_dir / "config.json").read_text())
+    assert stored["config"]["model_kwargs"] == {"depth": 8}
+    assert stored["dataset"]["train_examples"] == 4096
+    assert "torch" in stored["environment"] and "git" in stored["environment"]
+    assert not result.model.training
+    train = [r for r in result.history if r["kind"] == "train"]
+    assert set(train[0]) == {"kind", "step", "epoch", "loss", "err", "lr", "img_per_s"}
+    assert [r["step"] for r in train[:3]] == [4, 8, 12]
+
+
+def test_without_out_nothing_is_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = fit(dataclasses.replace(TINY, epochs=1, train_subset=256))
+    assert result.run_dir is None and list(tmp_path.iterdir()) == []
+    assert [r["kind"] for r in result.history][-1] == "eval"
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_stop_and_resume_gives_the_same_weights_as_one_run(tmp_path, monkeypatch):
+    """Deterministic mode: crash at step 11 (checkpoint at 8), resume, finish at 16 == uninterrupted."""
+    cfg = dataclasses.replace(TINY, deterministic=True, train_subset=512, checkpoint_every=4, erasing=0.25)
+    whole = fit(dataclasses.replace(cfg, out=str(tmp_path / "whole")))
+
+    real_step, calls = engine_module._train_step, []
+
+    def crashing_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 11:
+            raise _Crash
+        return real_step(*args, **kwargs)
+
+    broken = dataclasses.replace(cfg, out=str(tmp_path / "broken"))
+    monkeypatch.setattr(engine_module, "_train_step", crashing_step)
+    with pytest.raises(_Crash):
+        fit(broken)
+    monkeypatch.setattr(engine_module, "_train_step", real_step)
+    assert latest_checkpoint(tmp_path / "broken").name == "checkpoint-00000008"
+    resumed = fit(broken, resume=True)
+
+    for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name  # the EMA weights, bit for bit
+    raw_whole = load_weights(latest_checkpoint(tmp_path / "whole") / MODEL_FILE)[0]
+    raw_resumed = load_weights(latest_checkpoint(tmp_path / "broken") / MODEL_FILE)[0]
+    assert all(torch.equal(raw_whole[k], raw_resumed[k]) for k in raw_whole)
+    # the records after the checkpoint were made again, not duplicated
+    strip = [{k: v for k, v in r.items() if k != "img_per_s"} for r in whole.history]
+    assert [{k: v for k, v in r.items() if k != "img_per_s"} for r in resumed.history] == strip
+    assert read_metrics(tmp_path / "broken") == resumed.history
+
+
+def test_resuming_with_a_different_config_is_refused(tmp_path):
+    cfg = dataclasses.replace(TINY, epochs=1, train_subset=256, out=str(tmp_path / "run"))
+    fit(cfg)
+    with pytest.raises(Error, match="different config.*lr"):
+        fit(dataclasses.replace(cfg, lr=0.01), resume=True)
+
+
+class _NaNAfter(nn.Module):
+    """A real model whose logits turn to NaN from the `n`-th training forward on."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.net = create_model("cifar_resnet", depth=8, in_chans=1)
+        self.n, self.calls = n, 0
+
+    def forward(self, x):
+        self.calls += self.training
+        logits = self.net(x)
+        return logits * torch.nan if self.calls >= self.n else logits
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = dataclasses.replace(TINY, train_subset=512, checkpoint_every=3, out=str(tmp_path / "run"), ema_decay=0)
+    with pytest.raises(Error, match=r"diverged: the loss became nan by step 8 .*checkpoint-00000006"):
+        fit(cfg, model=_NaNAfter(7))
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["checkpoint-00000006"]
+    weights = load_weights(tmp_path / "run" / "checkpoint-00000006" / MODEL_FILE)[0]
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_error_triggered_warmup_holds_the_low_lr_until_error_falls(tmp_path):
+    """[He15 §4.2] for depth >= 110; here with a depth threshold of 8 so the tiny net qualifies."""
+    cfg = dataclasses.replace(
+        TINY,
+        schedule="constant",
+        warmup=0.0,
+        lr=0.1,
+        warmup_lr=0.01,
+        warmup_until_err=0.8,
+        warmup_min_depth=8,
+        log_every=1,
+        epochs=1,
+        train_subset=1024,
+    )
+    lrs = [(r["lr"], r["err"]) for r in fit(cfg).history if r["kind"] == "train"]
+    assert lrs[0][0] == 0.01 and lrs[-1][0] == 0.1
+    switch = next(i for i, (lr, _) in enumerate(lrs) if lr == 0.1)
+    assert all(lr == 0.01 for lr, _ in lrs[:switch])
+    assert lrs[switch - 1][1] < 0.8  # the step that ended the warm-up had train error below 80%
+    deep_only = dataclasses.replace(cfg, warmup_min_depth=110, epochs=1)
+    assert {r["lr"] for r in fit(deep_only).history if r["kind"] == "train"} == {0.1}
+
+
+def test_config_is_checked_before_anything_runs():
+    with pytest.raises(Error, match="--val-size is 0"):
+        fit(TrainConfig(val_size=0, eval_splits=("val",)))
+    with pytest.raises(Error, match="unknown model"):
+        fit(dataclasses.replace(TINY, model="resnet21"))
