@@ -1,14 +1,23 @@
 """Where this process runs: device, rank and world size, decided once (torchrun's env contract).
 
-Single-process runs and `torchrun --nproc-per-node N -m resnetlab train ...` take the same path:
-`setup_runtime` reads RANK / WORLD_SIZE / LOCAL_RANK when torchrun set them and starts a
-PyTorch process group (NCCL on CUDA, gloo on CPU). Everything rank-dependent goes through the
-`Runtime` it returns, so the training loop never asks torch.distributed directly.
+Single-process runs and `torchrun --nproc-per-node N [--nnodes M ...] -m resnetlab train ...`
+take the same path: `setup_runtime` reads the variables torchrun sets for each worker
+
+  RANK, WORLD_SIZE        this process's global rank and the number of processes
+  LOCAL_RANK              its rank on this node; picks the GPU (cuda:LOCAL_RANK)
+  MASTER_ADDR/PORT        where rank 0's rendezvous store listens
+  TORCHELASTIC_RESTART_COUNT, TORCHELASTIC_MAX_RESTARTS
+                          how often torchrun has restarted the worker group (--max-restarts)
+
+and starts a PyTorch process group: NCCL on CUDA, gloo on the CPU. Everything rank-dependent
+goes through the `Runtime` it returns, so the training loop never asks torch.distributed directly.
+Without RANK and WORLD_SIZE it is one process, and nothing distributed is started.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +26,8 @@ from torch import nn
 
 from resnetlab.errors import Error
 
+_LAUNCH_HINT = "launch with `torchrun --nproc-per-node N -m resnetlab ...`, which sets all of them"
+
 
 @dataclass(frozen=True)
 class Runtime:
@@ -24,6 +35,8 @@ class Runtime:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    restart_count: int = 0  # times torchrun has restarted the worker group after a failure
+    max_restarts: int = 0  # torchrun --max-restarts: 0 means a failed worker ends the run
 
     @property
     def is_main(self) -> bool:
@@ -34,9 +47,18 @@ class Runtime:
     def distributed(self) -> bool:
         return self.world_size > 1
 
+    @property
+    def backend(self) -> str | None:
+        """The process-group backend: nccl for CUDA tensors, gloo for CPU ones, None on one process."""
+        if not self.distributed:
+            return None
+        return "nccl" if self.device.type == "cuda" else "gloo"
+
     def barrier(self) -> None:
         if self.distributed:
-            dist.barrier()
+            # NCCL needs to know the device, or it guesses one from the rank (and warns).
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            dist.barrier(device_ids=ids)
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum `tensor` over ranks in place (a no-op on one process) and return it."""
@@ -45,7 +67,7 @@ class Runtime:
         return tensor
 
     def broadcast_object(self, obj: object) -> object:
-        """Rank 0's value of a picklable object on every rank (used for run-dir names, seeds)."""
+        """Rank 0's value of a picklable object on every rank (run-dir names, errors, paths)."""
         if not self.distributed:
             return obj
         box = [obj]
@@ -53,10 +75,18 @@ class Runtime:
         return box[0]
 
     def wrap(self, model: nn.Module, *, sync_bn: bool = False) -> nn.Module:
-        """DistributedDataParallel on many processes; the model itself on one."""
+        """DistributedDataParallel on many processes; the model itself on one.
+
+        DDP broadcasts rank 0's parameters and buffers when it is built, so every rank starts
+        from the same weights, and averages the gradients over ranks in backward. `sync_bn`
+        swaps BatchNorm for SyncBatchNorm in place (same parameters, same state-dict keys), so
+        BN statistics come from the global batch; PyTorch implements it for CUDA only.
+        """
         if not self.distributed:
             return model
         if sync_bn:
+            if self.device.type != "cuda":
+                raise Error("--sync-bn needs CUDA devices (PyTorch has no SyncBatchNorm on the CPU); drop it")
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         ids = [self.device.index] if self.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=ids)
@@ -74,47 +104,84 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """`auto` picks cuda:LOCAL_RANK when CUDA is there, else the CPU."""
+    """`auto` picks cuda:LOCAL_RANK when CUDA is there, else the CPU; `cuda` means cuda:LOCAL_RANK."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise Error("--device cuda was asked for but this torch build sees no CUDA GPU; use --device cpu")
         if name == "cuda":
+            count = torch.cuda.device_count()
+            if local_rank >= count:
+                raise Error(
+                    f"LOCAL_RANK={local_rank} but only {count} GPU(s) are visible; "
+                    f"start at most {count} processes per node (--nproc-per-node {count})"
+                )
             name = f"cuda:{local_rank}"
     elif name != "cpu":
         raise Error(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
     return torch.device(name)
 
 
+def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
+    text = env.get(name)
+    if text is None:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise Error(f"environment variable {name}={text!r} is not an integer; {_LAUNCH_HINT}") from None
+
+
+def _check_env(env: Mapping[str, str]) -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun's variables; a half-set contract is an `Error`."""
+    if ("RANK" in env) != ("WORLD_SIZE" in env):
+        given, missing = ("RANK", "WORLD_SIZE") if "RANK" in env else ("WORLD_SIZE", "RANK")
+        raise Error(f"{given} is set but {missing} is not; {_LAUNCH_HINT}, or unset {given}")
+    rank = _env_int(env, "RANK", 0)
+    world_size = _env_int(env, "WORLD_SIZE", 1)
+    local_rank = _env_int(env, "LOCAL_RANK", 0)
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise Error(f"RANK={rank} and WORLD_SIZE={world_size} need 0 <= RANK < WORLD_SIZE; {_LAUNCH_HINT}")
+    if local_rank < 0:
+        raise Error(f"LOCAL_RANK={local_rank} must be >= 0; {_LAUNCH_HINT}")
+    if world_size > 1:
+        missing = [name for name in ("LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if not env.get(name)]
+        if missing:
+            verb = "is" if len(missing) == 1 else "are"
+            raise Error(f"WORLD_SIZE={world_size} but {', '.join(missing)} {verb} not set; {_LAUNCH_HINT}")
+    return rank, world_size, local_rank
+
+
 def setup_runtime(device: str = "auto") -> Runtime:
-    """Decide device and rank; starts the process group when launched by torchrun."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = resolve_device(device, local_rank)
-    if world_size > 1 and not dist.is_initialized():
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    return Runtime(device=dev, rank=rank, world_size=world_size, local_rank=local_rank)
+    """Decide device and rank from torchrun's variables; start the process group under torchrun."""
+    env = os.environ
+    rank, world_size, local_rank = _check_env(env)
+    runtime = Runtime(
+        device=resolve_device(device, local_rank),
+        rank=rank,
+        world_size=world_size,
+        local_rank=local_rank,
+        restart_count=_env_int(env, "TORCHELASTIC_RESTART_COUNT", 0),
+        max_restarts=_env_int(env, "TORCHELASTIC_MAX_RESTARTS", 0),
+    )
+    if runtime.distributed and not dist.is_initialized():
+        if runtime.backend == "nccl" and not dist.is_nccl_available():
+            raise Error("this torch build has no NCCL for multi-GPU training; use --device cpu (gloo)")
+        if runtime.device.type == "cuda":
+            torch.cuda.set_device(runtime.device)
+        try:
+            dist.init_process_group(backend=runtime.backend, rank=rank, world_size=world_size)
+        except (RuntimeError, ValueError) as exc:  # DistNetworkError, DistStoreError, bad addresses
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            address = f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}"
+            raise Error(
+                f"rank {rank} could not join the {runtime.backend} process group at {address} ({reason}); "
+                "check that every node uses the same --master-addr/--rdzv-endpoint and that the port is free"
+            ) from None
+    return runtime
 
 
 def teardown_runtime(runtime: Runtime) -> None:
     if runtime.distributed and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def shard(indices: torch.Tensor, runtime: Runtime) -> torch.Tensor:
-    """This rank's disjoint, rank-strided part of an epoch's permutation.
-
-    The tail that does not divide evenly is dropped so every rank takes the same number of
-    steps (DDP needs that); evaluation uses `eval_shard`, which drops nothing.
-    """
-    usable = len(indices) - len(indices) % runtime.world_size
-    return indices[runtime.rank : usable : runtime.world_size]
-
-
-def eval_shard(n: int, runtime: Runtime) -> range:
-    """Indices this rank evaluates: every sample exactly once across ranks, no padding duplicates."""
-    return range(runtime.rank, n, runtime.world_size)

@@ -242,7 +242,7 @@ def _fit(
                 rng = None
             for x, y in batches:
                 lr = schedule.set(step)
-                loss, errors = _train_step(train_model, model, optimizer, scaler, x, y, cfg, device)
+                loss, errors = train_step(train_model, model, optimizer, scaler, x, y, cfg, device)
                 if ema is not None:
                     ema.update()
                 window.add(loss, errors, len(x))
@@ -268,7 +268,7 @@ def _fit(
     return TrainResult(eval_model.eval(), recorder.history, run_dir, cfg)
 
 
-def _train_step(
+def train_step(
     train_model: nn.Module,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -391,6 +391,8 @@ def _main_first(runtime: Runtime, load: Callable[[], T]) -> T:
 
 def _load_splits(cfg: TrainConfig) -> dict[str, Any]:
     """{"train": ..., and each of cfg.eval_splits}; --train-subset picks its examples by --seed."""
+    if cfg.data_dir is not None and not Path(cfg.data_dir).is_dir():
+        raise Error(f"--data-dir {cfg.data_dir} is not a directory; fix the path or create it to download into")
     kw = dict(data_dir=cfg.data_dir, val_size=cfg.val_size, seed=cfg.seed, strict=cfg.strict)
     train = load_dataset(cfg.data, "train", **kw)
     if cfg.train_subset is not None:
@@ -457,7 +459,7 @@ def _open_run_dir(
             else:
                 prepare_run_dir(path, overwrite=overwrite)
                 write_config(path, cfg, dataset=dataset)
-        except Error as exc:
+        except (Error, OSError) as exc:
             problem = str(exc)
     problem = runtime.broadcast_object(problem)
     if problem:

@@ -43,7 +43,7 @@ def lr_factor(cfg: TrainConfig, step: int, total_steps: int) -> float:
     """
     warmup_steps = cfg.warmup * total_steps
     if step < warmup_steps:
-        return (step + 1) / warmup_steps
+        return min(1.0, (step + 1) / warmup_steps)
     rest = (step - warmup_steps) / (total_steps - warmup_steps)  # post-warm-up fraction done, [0, 1)
     if cfg.schedule == "step":
         return cfg.lr_decay ** sum(step >= m * total_steps for m in cfg.milestones)

@@ -1,0 +1,150 @@
+"""Real process groups on loopback for the distributed tests.
+
+Two launchers with one environment contract (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
+MASTER_PORT), so the code under test cannot tell them apart:
+  spawn(fn, ...)     torch.multiprocessing: fn runs in each rank and returns tensors/containers;
+  torchrun(args)     `python -m torch.distributed.run` on a command line, as users launch it.
+Everything listens on 127.0.0.1 only, runs one thread per rank (the CPU is shared), and is
+killed on the way out, so a failing test never leaves processes behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.multiprocessing as mp
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (the OS picks it) for a rank-0 store."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def rank_env(rank: int, world_size: int, port: int) -> dict[str, str]:
+    """The variables torchrun gives worker `rank` of a one-node group."""
+    return {
+        "RANK": str(rank),
+        "LOCAL_RANK": str(rank),
+        "WORLD_SIZE": str(world_size),
+        "LOCAL_WORLD_SIZE": str(world_size),
+        "MASTER_ADDR": LOOPBACK,
+        "MASTER_PORT": str(port),
+    }
+
+
+def _entry(rank: int, fn: Callable[..., Any], world_size: int, port: int, out: str, args: tuple) -> None:
+    os.environ.update(rank_env(rank, world_size, port))
+    torch.set_num_threads(1)
+    torch.save(fn(*args), Path(out) / f"rank{rank}.pt")
+
+
+def spawn(fn: Callable[..., Any], *args: Any, world_size: int = 2, timeout: float = 60) -> list[Any]:
+    """fn(*args) in `world_size` fresh processes; each rank's return value, in rank order.
+
+    fn must be importable (a module-level function) and return what torch.save can store and
+    torch.load(weights_only=True) can read back. An exception in any rank fails the call.
+    """
+    with tempfile.TemporaryDirectory(prefix="ddp-spawn-") as out:
+        context = mp.start_processes(
+            _entry,
+            args=(fn, world_size, free_port(), out, args),
+            nprocs=world_size,
+            join=False,
+            start_method="spawn",
+        )
+        deadline = time.monotonic() + timeout
+        try:
+            while not context.join(timeout=max(0.1, deadline - time.monotonic())):
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"{fn.__name__} did not finish on {world_size} ranks in {timeout:g} s")
+        finally:
+            for process in context.processes:
+                if process.is_alive():
+                    process.kill()
+                    process.join()
+        return [torch.load(Path(out) / f"rank{r}.pt", weights_only=True) for r in range(world_size)]
+
+
+def torchrun_command(args: Sequence[str], *, nproc: int = 2, launcher: Sequence[str] = ()) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(nproc),
+        "--master-addr",
+        LOOPBACK,
+        "--master-port",
+        str(free_port()),
+        *launcher,
+        *args,
+    ]
+
+
+def quiet_env(**extra: str) -> dict[str, str]:
+    """This environment, one thread per process, no launcher variables inherited from outside."""
+    env = {k: v for k, v in os.environ.items() if k not in rank_env(0, 1, 0)}
+    return {**env, "OMP_NUM_THREADS": "1", **extra}
+
+
+@contextlib.contextmanager
+def launched(command: Sequence[str], *, cwd: Path) -> Iterator[subprocess.Popen]:
+    """Start `command` in its own process group; kill the whole group (workers too) on exit."""
+    proc = subprocess.Popen(
+        list(command),
+        cwd=cwd,
+        env=quiet_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+
+
+def torchrun(
+    args: Sequence[str], *, cwd: Path, nproc: int = 2, launcher: Sequence[str] = (), timeout: float = 120
+) -> subprocess.CompletedProcess:
+    """Run `torchrun --nproc-per-node nproc [launcher...] args...` to completion (or kill it)."""
+    command = torchrun_command(args, nproc=nproc, launcher=launcher)
+    with launched(command, cwd=cwd) as proc:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
+
+
+def worker_pids(agent: int) -> dict[int, int]:
+    """{RANK: pid} of the live workers torchrun's agent process `agent` started (Linux /proc)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            parent = int(stat.rsplit(")", 1)[1].split()[1])  # field 4, after the "(comm)" field
+            env = (entry / "environ").read_bytes().split(b"\0") if parent == agent else []
+        except (OSError, ValueError, IndexError):
+            continue  # exited meanwhile, or not ours to read
+        for item in env:
+            if item.startswith(b"RANK="):
+                found[int(item[5:])] = int(entry.name)
+    return found
