@@ -141,11 +141,11 @@ def test_lesion_errors_and_downsampling_blocks(fashion: tuple) -> None:
     model = settle_bn(net("resnet", 14), fashion[0])
     x = fashion[0][0][0]
     assert reshaping_blocks(model, x) == [2, 4]  # first blocks of layer2 and layer3 (n = 2)
-    result = lesion_errors(model, fashion[0], draws=2, seed=0)
+    result = lesion_errors(model, fashion[0][:1], draws=1, seed=0)
     n = len(model.blocks())
     assert len(result["single"]) == n and len(result["k_mean"]) == n and result["k_std"][-1] == 0
     with lesioned(model, list(range(n))):  # every block gone: stem -> shortcuts -> head
-        _, all_gone = evaluate(model, fashion[0])
+        _, all_gone = evaluate(model, fashion[0][:1])
     assert result["k_mean"][-1] == pytest.approx(all_gone)
 
 
@@ -208,18 +208,19 @@ def test_autocorrelation_of_white_and_brown_noise() -> None:
 
 
 def test_grid_gradient_is_the_directional_derivative(fashion: tuple) -> None:
-    model = net("resnet", 8)
-    x0 = fashion[0][0][0][0]
-    u = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
-    ts = torch.linspace(-1, 1, 5)
+    """Against central differences, in float64 so a tiny step crosses no ReLU kink."""
+    model = net("resnet", 8).double()
+    x0 = fashion[0][0][0][0].double()
+    u = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ts = torch.linspace(-1, 1, 5, dtype=torch.float64)
     set_bn_stats(model, x0 + ts.view(-1, 1, 1, 1) * u)
-    readout = torch.randn(10, generator=torch.Generator().manual_seed(2), dtype=torch.float32)
+    readout = torch.randn(10, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     grad = grid_gradients(model, x0, u, ts, readout)
-    eps = 1e-2
+    eps = 1e-6
     with torch.no_grad():
         f = lambda t: model(x0 + t.view(-1, 1, 1, 1) * u) @ readout  # noqa: E731
         numeric = (f(ts + eps) - f(ts - eps)) / (2 * eps)
-    torch.testing.assert_close(grad, numeric, rtol=2e-2, atol=2e-3)
+    torch.testing.assert_close(grad, numeric, rtol=1e-5, atol=1e-7)
 
 
 def test_set_bn_stats_makes_eval_mode_match_training_mode_on_that_batch(fashion: tuple) -> None:
@@ -229,7 +230,8 @@ def test_set_bn_stats_makes_eval_mode_match_training_mode_on_that_batch(fashion:
         train_out = model.train()(x)
         set_bn_stats(model, x)
         assert not model.training
-        torch.testing.assert_close(model(x), train_out, rtol=1e-4, atol=1e-4)
+        # Equal up to BN's running variance being the unbiased estimate (n / (n - 1), n >= 49*32 here).
+        torch.testing.assert_close(model(x), train_out, rtol=1e-2, atol=2e-3)
 
 
 def test_response_stds_are_the_std_of_the_response_layers(fashion: tuple) -> None:
