@@ -104,8 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     counts = [int(n) for n in args.processes.split(",")]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
-        f"data-parallel throughput, {args.model} on Fashion-MNIST 28x28, recipe {args.recipe}, global batch "
-        f"{args.batch_size}, CPU ({os.cpu_count()} cores), gloo, torch {torch.__version__}, load average {load:.1f}"
+        f"data-parallel throughput, {args.model} on Fashion-MNIST 28x28, recipe {args.recipe}, "
+        f"global batch {args.batch_size}, CPU ({os.cpu_count()} cores), gloo, torch {torch.__version__}, "
+        f"load average {load:.1f}"
     )
     header = ROW.format("launch", "processes", "threads/proc", "batch/rank", "img/s", "vs 1x1", "vs plain")
     print(header)

@@ -48,31 +48,37 @@ def main(argv: list[str] | None = None) -> int:
     batch = args.batch_size or 256
     data = synthetic(batch * 4, args.image_size)
     shape = f"3x{args.image_size}x{args.image_size}"
-    rows = [("fp32", "NCHW"), ("bf16", "channels_last")] + (
+    rows = [("none", "NCHW"), ("bf16", "channels_last")] + (
         [("fp16", "channels_last")] if device.type == "cuda" else []
     )
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     base = None
     for amp, layout in rows:
         # fp32 means fp32: TF32 tensor cores would make the baseline a different precision.
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = amp != "fp32"
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = amp != "none"
         rate = measure(
             "resnet50", data, batch, args.steps, pipeline="resnetlab", amp=amp, layout=layout, device=device
         )
         base = base or rate
-        print(ROW.format("resnet50", shape, "resident", amp, layout, f"{rate:.0f}", f"{rate / base:.2f}x"))
+        precision = "fp32" if amp == "none" else amp
+        print(
+            ROW.format("resnet50", shape, "resident", precision, layout, f"{rate:.0f}", f"{rate / base:.2f}x")
+        )
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
 
     batch = args.batch_size or 512
     fashion = load_dataset("fashion-mnist", "train")
     base = None
-    for pipeline, amp, layout in [("baseline", "fp32", "NCHW"), ("resnetlab", "bf16", "channels_last")]:
+    for pipeline, amp, layout in [("baseline", "none", "NCHW"), ("resnetlab", "bf16", "channels_last")]:
         rate = measure(
             "resnet20", fashion, batch, args.steps, pipeline=pipeline, amp=amp, layout=layout, device=device
         )
         base = base or rate
         label = "DataLoader" if pipeline == "baseline" else "resident"
-        print(ROW.format("resnet20", "1x28x28", label, amp, layout, f"{rate:.0f}", f"{rate / base:.2f}x"))
+        precision = "fp32" if amp == "none" else amp
+        print(
+            ROW.format("resnet20", "1x28x28", label, precision, layout, f"{rate:.0f}", f"{rate / base:.2f}x")
+        )
     return 0
 
 

@@ -9,7 +9,7 @@ split is evaluated once, after training, and never picks anything. The timed par
 data loading, every training step and the per-epoch val evaluation.
 
     python -m benchmarks.time_to_accuracy --model resnet20 --recipe fast --target 0.93 --minutes 10
-    python -m benchmarks.time_to_accuracy --model resnet20 --recipe fast --epochs 2 --no-test   # a tuning probe
+    python -m benchmarks.time_to_accuracy --model resnet20 --epochs 2 --no-test   # a tuning probe
 """
 
 from __future__ import annotations

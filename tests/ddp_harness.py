@@ -132,6 +132,19 @@ def torchrun(
     return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
 
 
+State = dict[str, torch.Tensor]
+
+
+def drift(ours: State, theirs: State, start: State) -> float:
+    """|ours - theirs| / |theirs - start| over all float tensors: how far two trainings that should
+    agree ended apart, relative to how far training moved. fp32 rounding alone (summation order,
+    thread count) gives ~1e-3 after a few dozen SGD steps; a wrong shard or gradient gives ~1."""
+    keys = [k for k, v in theirs.items() if v.is_floating_point()]
+    apart = sum(float((ours[k].double() - theirs[k].double()).square().sum()) for k in keys)
+    moved = sum(float((theirs[k].double() - start[k].double()).square().sum()) for k in keys)
+    return (apart / moved) ** 0.5
+
+
 def worker_pids(agent: int) -> dict[int, int]:
     """{RANK: pid} of the live workers torchrun's agent process `agent` started (Linux /proc)."""
     found = {}

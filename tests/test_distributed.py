@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ddp_harness import spawn
+from ddp_harness import drift, spawn
 from resnetlab.data import FolderDataset, ImageArrays, load_dataset, make_loader
 from resnetlab.errors import Error
 from resnetlab.models import create_model
@@ -168,12 +168,9 @@ def test_ddp_steps_equal_single_process_steps_with_the_global_batch(ranks):
     model = _tiny_model()
     loader = make_loader(images, batch_size=GLOBAL_BATCH, train=True, device="cpu", seed=5)
     single = _sgd_steps(model, model, loader)
-    start = _tiny_model().state_dict()
-    for name, value in single.items():
+    for name in single:
         assert torch.equal(ranks[0]["weights"][name], ranks[1]["weights"][name]), name  # ranks in lockstep
-        torch.testing.assert_close(ranks[0]["weights"][name], value, rtol=1e-4, atol=1e-5, msg=name)
-    moved = sum(float((single[k] - start[k]).abs().sum()) for k in single)
-    assert moved > 1.0  # the steps changed the weights, so the comparison says something
+    assert drift(ranks[0]["weights"], single, _tiny_model().state_dict()) < 1e-3
 
 
 def test_half_set_launch_environment_is_one_clear_error(monkeypatch):

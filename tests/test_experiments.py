@@ -68,7 +68,9 @@ def test_gradient_norms_equal_the_hand_computed_values() -> None:
     p1 = torch.softmax(torch.tensor([b0 * a * m, b1 * a * m]), 0)[1].item()
     prof = conv_gradients(model, x, torch.tensor([0]))
     assert prof.layers == ["0", "1"]
-    assert prof.grad_norm == pytest.approx([abs(m * p1 * (b1 - b0)), math.sqrt(2) * abs(a * m) * p1], rel=1e-6)
+    assert prof.grad_norm == pytest.approx(
+        [abs(m * p1 * (b1 - b0)), math.sqrt(2) * abs(a * m) * p1], rel=1e-6
+    )
     assert prof.weight_norm == pytest.approx([a, math.hypot(b0, b1)], rel=1e-6)
     assert prof.first_last == pytest.approx(prof.grad_norm[0] / prof.grad_norm[1])
     assert prof.grad_to_weight[1] == pytest.approx(prof.grad_norm[1] / math.hypot(b0, b1))
@@ -190,7 +192,9 @@ def test_landscape_at_the_origin_is_the_loss_at_the_trained_weights(fashion: tup
 
 def test_grid_and_surface_shape_measures() -> None:
     assert grid(5, 1.0).tolist() == [-1.0, -0.5, 0.0, 0.5, 1.0]
-    bowl = torch.tensor([[(i - 2) ** 2 + (j - 2) ** 2 for j in range(5)] for i in range(5)], dtype=torch.float64)
+    bowl = torch.tensor(
+        [[(i - 2) ** 2 + (j - 2) ** 2 for j in range(5)] for i in range(5)], dtype=torch.float64
+    )
     assert local_minima(bowl) == 1 and convex_fraction(bowl) == 1.0
     egg = torch.tensor([[math.cos(2 * i) * math.cos(2 * j) for j in range(7)] for i in range(7)])
     assert local_minima(egg) > 1 and convex_fraction(egg) < 1.0

@@ -25,7 +25,7 @@ from PIL import Image
 from resnetlab.cli import main
 from resnetlab.experiments import EXPERIMENTS
 from resnetlab.experiments.demo import DemoResult, summary_text
-from resnetlab.experiments.record import RunRecord
+from resnetlab.experiments.record import Outcome, RunRecord
 
 COMMON = ["--device", "cpu", "--seed", "3"]
 TRAIN = ["--steps", "3", "--batch-size", "16", "--train-subset", "96", "--amp", "none"]
@@ -60,7 +60,10 @@ def test_run_directory_holds_results_figures_and_report(runs: dict[str, Path], n
     record = RunRecord.load(run)
     assert record.experiment == name and record.outcome.findings and record.outcome.tables
     assert record.config["seed"] == 3 and record.config["device"] == "cpu"
-    assert record.command.startswith(f"resnetlab experiment {name} --preset quick") and "--seed 3" in record.command
+    assert (
+        record.command.startswith(f"resnetlab experiment {name} --preset quick")
+        and "--seed 3" in record.command
+    )
     assert record.provenance["resnetlab"] and record.provenance["commit"]
     assert record.outcome.figures
     for fig in record.outcome.figures:
@@ -76,12 +79,23 @@ def test_reruns_with_the_same_seed_give_the_same_numbers(runs: dict[str, Path], 
     for name in ("degradation", "gradients", "shattered"):
         again = tmp_path / name
         assert main(["experiment", name, *COMMON, *TINY[name], "--out", str(again)]) == 0
-        first, second = RunRecord.load(runs[name]).outcome, RunRecord.load(again).outcome
+        first, second = (without_timings(RunRecord.load(d).outcome) for d in (runs[name], again))
         assert first.results == second.results and first.findings == second.findings
 
 
-def test_existing_run_directory_is_not_overwritten(runs: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
-    assert main(["experiment", "shattered", *COMMON, *TINY["shattered"], "--out", str(runs["shattered"])]) == 2
+def without_timings(outcome: Outcome) -> Outcome:
+    """The outcome minus wall-clock seconds, the one thing a rerun may change."""
+    for run in outcome.results.get("runs", []):
+        run.pop("seconds")
+    return outcome
+
+
+def test_existing_run_directory_is_not_overwritten(
+    runs: dict[str, Path], capsys: pytest.CaptureFixture
+) -> None:
+    assert (
+        main(["experiment", "shattered", *COMMON, *TINY["shattered"], "--out", str(runs["shattered"])]) == 2
+    )
     assert "already holds a run" in capsys.readouterr().err
 
 
@@ -193,9 +207,15 @@ def open_page(chrome: Chromium, page: Path, screenshot: Path) -> dict[str, Any]:
     chrome.send("Target.closeTarget", targetId=target)
     mine = [e for e in chrome.events if e.get("sessionId") == session]
     errors = [e["params"] for e in mine if e["method"] == "Runtime.exceptionThrown"]
-    errors += [e["params"] for e in mine if e["method"] == "Log.entryAdded" and e["params"]["entry"]["level"] == "error"]
     errors += [
-        e["params"] for e in mine if e["method"] == "Runtime.consoleAPICalled" and e["params"]["type"] == "error"
+        e["params"]
+        for e in mine
+        if e["method"] == "Log.entryAdded" and e["params"]["entry"]["level"] == "error"
+    ]
+    errors += [
+        e["params"]
+        for e in mine
+        if e["method"] == "Runtime.consoleAPICalled" and e["params"]["type"] == "error"
     ]
     urls = [e["params"]["request"]["url"] for e in mine if e["method"] == "Network.requestWillBeSent"]
     return {"images": json.loads(images), "errors": errors, "urls": urls}
@@ -217,7 +237,9 @@ def test_reports_open_in_chromium_with_every_figure(
             assert shot.size[0] > 0 and shot.size[1] > 600  # the full page, figures included
 
 
-def test_browser_check_catches_a_missing_figure(runs: dict[str, Path], browser: Chromium, tmp_path: Path) -> None:
+def test_browser_check_catches_a_missing_figure(
+    runs: dict[str, Path], browser: Chromium, tmp_path: Path
+) -> None:
     """The check above can fail: a page whose figure is gone reports it."""
     broken = tmp_path / "broken"
     shutil.copytree(runs["shattered"], broken)

@@ -21,7 +21,9 @@ from resnetlab.experiments.record import Figure, Outcome, RunRecord, Table, git_
 from resnetlab.experiments.report import find_runs, format_table, write_combined_report, write_run_report
 
 
-def make_run(run_dir: Path, *, title: str = "Test run", finding: str = "plain-56 <b>worse</b> & deeper") -> Path:
+def make_run(
+    run_dir: Path, *, title: str = "Test run", finding: str = "plain-56 <b>worse</b> & deeper"
+) -> Path:
     """A run directory with one real PNG, one table and one finding that needs escaping."""
     run_dir.mkdir(parents=True)
     fig = MplFigure(figsize=(2, 1.5))

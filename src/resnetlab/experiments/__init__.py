@@ -23,10 +23,10 @@ from typing import Any
 
 from resnetlab.errors import Error
 from resnetlab.experiments import degradation, gradients, landscape, lesion, responses, shattered
-from resnetlab.experiments.common import device_of
 from resnetlab.experiments.config import command_for, validated
 from resnetlab.experiments.record import RESULTS_FILE, RunRecord, provenance
 from resnetlab.experiments.report import write_run_report
+from resnetlab.train.distributed import resolve_device
 
 EXPERIMENTS: dict[str, ModuleType] = {
     m.NAME: m for m in (degradation, gradients, responses, lesion, landscape, shattered)
@@ -66,7 +66,7 @@ def run_experiment(name: str, cfg: Any, *, preset: str, out: Path | None = None)
         command=command_for(name, preset, module.PRESETS, cfg),
         config=dataclasses.asdict(cfg),
         outcome=outcome,
-        provenance=provenance(str(device_of(cfg.device)), time.perf_counter() - t0, started),
+        provenance=provenance(str(resolve_device(cfg.device)), time.perf_counter() - t0, started),
     )
     record.save(run_dir)
     write_run_report(run_dir)

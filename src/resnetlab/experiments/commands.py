@@ -89,7 +89,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     demo = subparsers.add_parser(
         "demo",
-        help="quick degradation + gradients experiments on Fashion-MNIST, with a report (under 10 min on a CPU)",
+        help="quick degradation + gradients experiments on Fashion-MNIST and their report (< 10 min, CPU)",
         description=(demo_module.__doc__ or "").strip(),
     )
     add_config_args(demo, DemoConfig, None)

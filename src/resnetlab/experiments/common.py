@@ -19,7 +19,6 @@ from torch import Tensor, nn
 from resnetlab.data import load_dataset, make_loader
 from resnetlab.models import create_model
 from resnetlab.train import TrainResult, fit, get_recipe
-from resnetlab.train.distributed import resolve_device
 
 log = logging.getLogger("resnetlab.experiments")
 
@@ -37,10 +36,6 @@ def twin(arch: str, depth: int, **kwargs: Any) -> tuple[str, dict[str, Any]]:
 
 def label(arch: str, depth: int) -> str:
     return f"{arch}-{depth}"
-
-
-def device_of(name: str) -> torch.device:
-    return resolve_device(name)
 
 
 @dataclass(frozen=True)

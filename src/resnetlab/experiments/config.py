@@ -81,7 +81,9 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, presets: dict[st
             continue
         metavar = ("A,B,..." if is_tuple else scalar.__name__.upper()) + ("|none" if optional else "")
 
-        def convert(text: str, s: type = scalar, t: bool = is_tuple, o: bool = optional, m: str = metavar) -> Any:
+        def convert(
+            text: str, s: type = scalar, t: bool = is_tuple, o: bool = optional, m: str = metavar
+        ) -> Any:
             try:
                 return _parse(text, s, t, o)
             except ValueError:

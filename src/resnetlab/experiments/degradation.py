@@ -30,7 +30,6 @@ from resnetlab.experiments.common import (
     ARCHS,
     TrainSettings,
     depth_colors,
-    device_of,
     evaluate,
     fixed_batches,
     label,
@@ -40,6 +39,7 @@ from resnetlab.experiments.common import (
 )
 from resnetlab.experiments.config import require
 from resnetlab.experiments.record import Figure, Outcome, Table
+from resnetlab.train.distributed import resolve_device
 
 NAME = "degradation"
 TITLE = "Degradation: training error of plain and residual nets against depth"
@@ -87,7 +87,7 @@ def final_train_error(history: list[dict], steps: int) -> float:
 
 
 def run(cfg: DegradationConfig, run_dir: Path) -> Outcome:
-    device = device_of(cfg.device)
+    device = resolve_device(cfg.device)
     test, _ = fixed_batches(
         cfg.data,
         "test",
@@ -217,8 +217,8 @@ def findings(runs: list[dict], summary: dict[str, dict], cfg: DegradationConfig)
         )
     elif plain_deg:
         out.append(
-            "The plain net degrades with depth as in [He15], but in this run the deeper ResNet did not reach a "
-            "lower training error than the shallower one."
+            "The plain net degrades with depth as in [He15], but in this run the deeper ResNet did not "
+            "reach a lower training error than the shallower one."
         )
     elif res_ok:
         out.append(
@@ -231,8 +231,8 @@ def findings(runs: list[dict], summary: dict[str, dict], cfg: DegradationConfig)
     gap_lo = summary[label("plain", lo)]["train"] - summary[label("resnet", lo)]["train"]
     gap_hi = summary[label("plain", hi)]["train"] - summary[label("resnet", hi)]["train"]
     out.append(
-        f"Shortcuts lower the training error by {100 * gap_lo:.2f} points at depth {lo} and {100 * gap_hi:.2f} "
-        f"points at depth {hi}."
+        f"Training error of the ResNet minus its plain twin: {-100 * gap_lo:+.2f} points at depth {lo}, "
+        f"{-100 * gap_hi:+.2f} points at depth {hi}."
     )
     return out
 

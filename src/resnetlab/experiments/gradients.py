@@ -32,7 +32,6 @@ from resnetlab.experiments.common import (
     TrainSettings,
     build_twin,
     depth_colors,
-    device_of,
     fixed_batches,
     label,
     log,
@@ -41,6 +40,7 @@ from resnetlab.experiments.common import (
 )
 from resnetlab.experiments.config import require
 from resnetlab.experiments.record import Figure, Outcome, Table
+from resnetlab.train.distributed import resolve_device
 
 NAME = "gradients"
 TITLE = "Gradient norms per layer: plain vs residual"
@@ -115,7 +115,7 @@ def log_distance(ratio: float) -> float:
 
 
 def run(cfg: GradientsConfig, run_dir: Path) -> Outcome:
-    device = device_of(cfg.device)
+    device = resolve_device(cfg.device)
     batches, dataset = fixed_batches(
         cfg.data,
         "train",
@@ -224,8 +224,15 @@ def _table(profiles: list[dict], cfg: GradientsConfig) -> Table:
                 ]
             )
     return Table(
-        title="Gradient norms: first conv / last conv (1 = flat, > 1 grows toward the input) and median over convs",
-        columns=["condition", "depth", "plain first/last", "resnet first/last", "plain median", "resnet median"],
+        title="Conv gradient norms: first / last layer (1 = flat, > 1 grows toward the input), and median",
+        columns=[
+            "condition",
+            "depth",
+            "plain first/last",
+            "resnet first/last",
+            "plain median",
+            "resnet median",
+        ],
         rows=rows,
     )
 
@@ -268,12 +275,15 @@ def findings(profiles: list[dict], cfg: GradientsConfig) -> list[str]:
         )
         if all(math.isfinite(r) and r > 0 for r in (plain, res)) and res != 1:
             text += (
-                f" plain-{deep}'s ratio is {abs(plain - 1) / abs(res - 1):.3g}x further from 1 than resnet-{deep}'s"
+                f" plain-{deep}'s ratio is {abs(plain - 1) / abs(res - 1):.3g}x further from 1 than"
+                f" resnet-{deep}'s"
                 f" ({log_distance(plain) / max(log_distance(res), 1e-12):.3g}x on a log scale)."
             )
         if len(cfg.depths) > 1:
             sizes = [
-                _size_trend(arch, {d: _median(_pick(profiles, stage, norm, arch, d)["grad_norm"]) for d in cfg.depths})
+                _size_trend(
+                    arch, {d: _median(_pick(profiles, stage, norm, arch, d)["grad_norm"]) for d in cfg.depths}
+                )
                 for arch in ARCHS
             ]
             text += f" In size, {sizes[0]}; {sizes[1]}."
@@ -331,7 +341,7 @@ def _figures(profiles: list[dict], cfg: GradientsConfig, run_dir: Path) -> list[
     figures.append(
         Figure(
             save_figure(fig, run_dir, "first_last.png"),
-            "First-to-last gradient-norm ratio against depth; plain dashed, residual solid; 1 is a flat profile.",
+            "First-to-last gradient-norm ratio against depth; plain dashed, residual solid; 1 is flat.",
         )
     )
     return figures

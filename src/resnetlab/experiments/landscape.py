@@ -37,7 +37,6 @@ from resnetlab.experiments.common import (
     Batches,
     TrainSettings,
     batch_norms,
-    device_of,
     evaluate,
     fixed_batches,
     label,
@@ -47,6 +46,7 @@ from resnetlab.experiments.common import (
 )
 from resnetlab.experiments.config import require
 from resnetlab.experiments.record import Figure, Outcome, Table
+from resnetlab.train.distributed import resolve_device
 
 NAME = "landscape"
 TITLE = "Loss landscape: plain vs residual"
@@ -160,7 +160,7 @@ def convex_fraction(z: Tensor) -> float:
 
 
 def run(cfg: LandscapeConfig, run_dir: Path) -> Outcome:
-    device = device_of(cfg.device)
+    device = resolve_device(cfg.device)
     batches, _ = fixed_batches(
         cfg.data,
         "train",
@@ -258,7 +258,8 @@ def findings(results: dict, cfg: LandscapeConfig) -> list[str]:
     out = [
         f"At the trained weights the loss is {nets['plain']['loss_at_weights']:.3f} (plain-{d}) and "
         f"{nets['resnet']['loss_at_weights']:.3f} (resnet-{d}).",
-        f"Along a filter-normalised direction the loss rises by {rp:.3f} (plain) and {rr:.3f} (resnet) at ±{at:.2g}: "
+        f"Along a filter-normalised direction the loss rises by {rp:.3f} (plain) and {rr:.3f} (resnet) "
+        f"at ±{at:.2g}: "
         f"the {sharper} net sits in the sharper minimum.",
         f"On the 2-D grid the plain net has {nets['plain']['local_minima_2d']} strict local minima and "
         f"{100 * nets['plain']['convex_fraction_2d']:.0f}% locally convex points; the residual net "

@@ -32,7 +32,6 @@ from torch import Tensor, nn
 from resnetlab.experiments.common import (
     ARCHS,
     TrainSettings,
-    device_of,
     evaluate,
     fixed_batches,
     label,
@@ -42,6 +41,7 @@ from resnetlab.experiments.common import (
 )
 from resnetlab.experiments.config import require
 from resnetlab.experiments.record import Figure, Outcome, Table
+from resnetlab.train.distributed import resolve_device
 
 NAME = "lesion"
 TITLE = "Lesion study: deleting blocks at test time"
@@ -144,7 +144,7 @@ def lesion_errors(model: nn.Module, batches: list, *, draws: int, seed: int) -> 
 
 
 def run(cfg: LesionConfig, run_dir: Path) -> Outcome:
-    device = device_of(cfg.device)
+    device = resolve_device(cfg.device)
     batches, _ = fixed_batches(
         cfg.data,
         "test",
@@ -221,7 +221,8 @@ def findings(nets: dict, cfg: LesionConfig) -> list[str]:
     rs, ps = _summary(res), _summary(plain)
     d = cfg.depth
     out = [
-        f"Deleting one non-downsampling block of resnet-{d} moves its test error from {100 * res['base']:.2f}% "
+        f"Deleting one non-downsampling block of resnet-{d} moves its test error from "
+        f"{100 * res['base']:.2f}% "
         f"to a median of {100 * rs['median_other']:.2f}% (worst {100 * rs['max_other']:.2f}%); for plain-{d} "
         f"from {100 * plain['base']:.2f}% to a median of {100 * ps['median_other']:.2f}% "
         f"(worst {100 * ps['max_other']:.2f}%).",
@@ -230,13 +231,15 @@ def findings(nets: dict, cfg: LesionConfig) -> list[str]:
         worst = max(rs["downsampling"])
         where = "hurts more than" if worst > rs["max_other"] else "hurts no more than"
         out.append(
-            f"Deleting a downsampling block of resnet-{d} (error up to {100 * worst:.2f}%) {where} deleting any other block."
+            f"Deleting a downsampling block of resnet-{d} (error up to {100 * worst:.2f}%) {where} "
+            "deleting any other block."
         )
     steps = [b - a for a, b in pairwise(res["k_mean"])]
     rises = sum(s >= 0 for s in steps)
     out.append(
         f"With k random blocks deleted, resnet-{d}'s mean error rises in {rises} of {len(steps)} steps of k, "
-        f"from {100 * res['k_mean'][0]:.1f}% (k=1) to {100 * res['k_mean'][-1]:.1f}% (all blocks); plain-{d} is at "
+        f"from {100 * res['k_mean'][0]:.1f}% (k=1) to {100 * res['k_mean'][-1]:.1f}% (all blocks); "
+        f"plain-{d} is at "
         f"{100 * plain['k_mean'][0]:.1f}% already for k=1."
     )
     return out
@@ -280,7 +283,11 @@ def _figures(nets: dict, cfg: LesionConfig, run_dir: Path) -> list[Figure]:
         std = [100 * s for s in net["k_std"]]
         ax.plot(ks, mean, "o-", color=color, label=label(arch, cfg.depth))
         ax.fill_between(
-            ks, [m - s for m, s in zip(mean, std, strict=True)], [m + s for m, s in zip(mean, std, strict=True)], color=color, alpha=0.2
+            ks,
+            [m - s for m, s in zip(mean, std, strict=True)],
+            [m + s for m, s in zip(mean, std, strict=True)],
+            color=color,
+            alpha=0.2,
         )
     ax.set_xlabel("blocks deleted at random (k)")
     ax.set_ylabel("test error (%)")

@@ -44,7 +44,8 @@ def _e(text: object) -> str:
 def _table_html(table: Table) -> str:
     head = "".join(f"<th>{_e(c)}</th>" for c in table.columns)
     body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in table.rows)
-    return f"<table><caption>{_e(table.title)}</caption><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    caption = f"<caption>{_e(table.title)}</caption>"
+    return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _figure_src(run_dir: Path, file: str, page_dir: Path) -> str:
@@ -72,7 +73,8 @@ def _run_section(record: RunRecord, run_dir: Path, page_dir: Path, anchor: str, 
     for fig in record.outcome.figures:
         src = _figure_src(run_dir, fig.file, page_dir)
         parts.append(
-            f'<figure><img src="{_e(src)}" alt="{_e(fig.caption)}"><figcaption>{_e(fig.caption)}</figcaption></figure>'
+            f'<figure><img src="{_e(src)}" alt="{_e(fig.caption)}">'
+            f"<figcaption>{_e(fig.caption)}</figcaption></figure>"
         )
     if record.outcome.tables:
         parts.append(f"<{hs}>Tables</{hs}>")
@@ -152,7 +154,10 @@ def format_table(table: Table) -> str:
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(table.columns))]
 
     def line(row: list[str]) -> str:
-        cells = [str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        cells = [
+            str(c).ljust(w) if i == 0 else str(c).rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
         return "  ".join(cells)
 
     rule = "-" * len(line(table.columns))

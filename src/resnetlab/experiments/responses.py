@@ -28,7 +28,6 @@ from resnetlab.experiments.common import (
     Batches,
     TrainSettings,
     depth_colors,
-    device_of,
     fixed_batches,
     label,
     log,
@@ -37,6 +36,7 @@ from resnetlab.experiments.common import (
 )
 from resnetlab.experiments.config import require
 from resnetlab.experiments.record import Figure, Outcome, Table
+from resnetlab.train.distributed import resolve_device
 
 NAME = "responses"
 TITLE = "Standard deviation of layer responses"
@@ -89,7 +89,7 @@ def response_stds(model: nn.Module, batches: Batches) -> list[float]:
 
 
 def run(cfg: ResponsesConfig, run_dir: Path) -> Outcome:
-    device = device_of(cfg.device)
+    device = resolve_device(cfg.device)
     batches, _ = fixed_batches(
         cfg.data,
         "test",
@@ -135,7 +135,8 @@ def findings(nets: dict, cfg: ResponsesConfig) -> list[str]:
         p, r = _mean(nets[label("plain", depth)]["std"]), _mean(nets[label("resnet", depth)]["std"])
         verdict = "smaller than" if r < p else "not smaller than"
         out.append(
-            f"Depth {depth}: mean response std {r:.3f} (resnet) vs {p:.3f} (plain): the residual responses are {verdict} the plain ones."
+            f"Depth {depth}: mean response std {r:.3f} (resnet) vs {p:.3f} (plain): the residual "
+            f"responses are {verdict} the plain ones."
         )
     depths = sorted(cfg.resnet_depths)
     if len(depths) > 1:
@@ -173,6 +174,7 @@ def _figures(nets: dict, cfg: ResponsesConfig, run_dir: Path) -> list[Figure]:
     return [
         Figure(
             save_figure(fig, run_dir, "responses.png"),
-            "Std of each 3x3 layer's response after BN, before ReLU/addition; plain dashed, ResNet solid [He15 Fig. 7].",
+            "Std of each 3x3 layer's response after BN, before ReLU/addition; plain dashed, ResNet solid "
+            "[He15 Fig. 7].",
         )
     ]

@@ -31,7 +31,6 @@ from resnetlab.experiments.common import (
     ARCHS,
     build_twin,
     depth_colors,
-    device_of,
     fixed_batches,
     log,
     save_figure,
@@ -39,6 +38,7 @@ from resnetlab.experiments.common import (
 )
 from resnetlab.experiments.config import require
 from resnetlab.experiments.record import Figure, Outcome, Table
+from resnetlab.train.distributed import resolve_device
 
 NAME = "shattered"
 TITLE = "Shattered gradients at initialisation: plain vs residual"
@@ -92,7 +92,7 @@ def autocorrelation(g: Tensor, max_lag: int) -> Tensor:
 
 
 def run(cfg: ShatteredConfig, run_dir: Path) -> Outcome:
-    device = device_of(cfg.device)
+    device = resolve_device(cfg.device)
     batches, dataset = fixed_batches(
         cfg.data,
         "test",
@@ -152,7 +152,7 @@ def _table(series: dict[str, dict], cfg: ShatteredConfig) -> Table:
         for d in cfg.depths
     ]
     return Table(
-        title=f"Lag-1 autocorrelation of the input gradient (mean of {cfg.lines} lines; 1 smooth, 0 white noise)",
+        title=f"Lag-1 autocorrelation of the input gradient ({cfg.lines} lines; 1 smooth, 0 white noise)",
         columns=["depth", "plain", "resnet"],
         rows=rows,
     )
@@ -170,13 +170,16 @@ def findings(series: dict[str, dict], cfg: ShatteredConfig) -> list[str]:
     else:
         where = "at no depth"
     out = [
-        f"Lag-1 autocorrelation of the input gradient from depth {lo} to {hi}: plain {p_lo:.3f} -> {p_hi:.3f}, "
+        f"Lag-1 autocorrelation of the input gradient from depth {lo} to {hi}: "
+        f"plain {p_lo:.3f} -> {p_hi:.3f}, "
         f"resnet {r_lo:.3f} -> {r_hi:.3f}.",
-        f"The residual net's input gradient is smoother (higher lag-1 autocorrelation) than its plain twin's {where}.",
+        "The residual net's input gradient is smoother (higher lag-1 autocorrelation) than its plain "
+        f"twin's {where}.",
     ]
     if p_hi < p_lo:
         out.append(
-            f"Plain nets shatter with depth: their gradient decorrelates by {p_lo - p_hi:.3f} from {lo} to {hi}."
+            f"Plain nets shatter with depth: their gradient's lag-1 autocorrelation falls by "
+            f"{p_lo - p_hi:.3f} from {lo} to {hi}."
         )
     else:
         out.append(

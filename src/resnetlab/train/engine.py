@@ -392,7 +392,9 @@ def _main_first(runtime: Runtime, load: Callable[[], T]) -> T:
 def _load_splits(cfg: TrainConfig) -> dict[str, Any]:
     """{"train": ..., and each of cfg.eval_splits}; --train-subset picks its examples by --seed."""
     if cfg.data_dir is not None and not Path(cfg.data_dir).is_dir():
-        raise Error(f"--data-dir {cfg.data_dir} is not a directory; fix the path or create it to download into")
+        raise Error(
+            f"--data-dir {cfg.data_dir} is not a directory; fix the path or create it to download into"
+        )
     kw = dict(data_dir=cfg.data_dir, val_size=cfg.val_size, seed=cfg.seed, strict=cfg.strict)
     train = load_dataset(cfg.data, "train", **kw)
     if cfg.train_subset is not None:

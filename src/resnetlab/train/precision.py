@@ -13,9 +13,13 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
     """bf16 autocast (CPU or CUDA), fp16 autocast (CUDA only; pair it with a GradScaler), or none."""
     if amp == "none":
         return contextlib.nullcontext()
+    if amp == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     if amp == "fp16" and device.type != "cuda":
         raise Error("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+    if amp == "fp16":
+        return torch.autocast(device.type, dtype=torch.float16)
+    raise Error(f"unknown --amp {amp!r}; use none, bf16 or fp16")
 
 
 def grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:

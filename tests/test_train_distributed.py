@@ -1,0 +1,195 @@
+"""`torchrun -m resnetlab train` on 2 gloo processes: the real CLI and engine, on real Fashion-MNIST.
+
+The reference is the same config trained in this process. BN is frozen (eval-mode statistics)
+and augmentation is off, so 2 ranks of 16 examples compute the same steps as 1 process of 32,
+up to fp32 rounding; everything else is the `fast` recipe (Nesterov, one-cycle, label
+smoothing, EMA).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddp_harness import drift, launched, torchrun, torchrun_command, worker_pids
+from resnetlab.cli import build_parser, main
+from resnetlab.models import create_model
+from resnetlab.train import fit
+from resnetlab.train.checkpoint import EMA_FILE, MODEL_FILE, latest_checkpoint, load_model, load_weights
+from resnetlab.train.commands import config_from_args
+from resnetlab.train.evaluate import evaluate_checkpoint
+from resnetlab.train.rundir import read_metrics
+
+FLAGS = [
+    "--recipe", "fast",
+    "--model", "cifar_resnet",
+    "--model-kwargs", "depth=8,norm=frozen_bn",
+    "--train-subset", "512",
+    "--val-size", "256",
+    "--eval-splits", "val",
+    "--batch-size", "32",  # global: 16 per rank
+    "--epochs", "2",  # 32 steps
+    "--lr", "0.05",
+    "--crop-padding", "0",
+    "--no-flip",
+    "--amp", "none",
+    "--no-channels-last",
+    "--checkpoint-every", "4",
+    "--log-every", "4",
+    "--device", "cpu",
+    "--no-progress",
+]  # fmt: skip
+TOTAL_STEPS = 32
+CRASH_STEP = 15  # the single-process run stops here; its last checkpoint is step 12
+TRAIN = ["-m", "resnetlab", "train"]
+LOGS = ["--log-dir", "logs", "--redirects", "3"]  # each rank's stdout/stderr in its own file
+
+
+def _config(out: Path):
+    return config_from_args(build_parser().parse_args(["train", *FLAGS, "--out", str(out)]))[0]
+
+
+def _model(cfg) -> torch.nn.Module:
+    """The network the engine builds for `cfg`: created right after seeding with cfg.seed."""
+    torch.manual_seed(cfg.seed)
+    return create_model(cfg.model, num_classes=10, in_chans=1, **cfg.model_kwargs)
+
+
+class _Crash(Exception):
+    pass
+
+
+def _crash_at(model: torch.nn.Module, step: int) -> torch.nn.Module:
+    """Make the `step`-th training forward raise, as if the process died there."""
+    calls = itertools.count(1)
+
+    def hook(module, args):
+        if module.training and next(calls) == step:
+            raise _Crash
+
+    model.register_forward_pre_hook(hook)
+    return model
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory) -> dict[str, Path]:
+    """In this process: the whole run, and the same run stopped at CRASH_STEP (checkpoint at 12)."""
+    root = tmp_path_factory.mktemp("single")
+    whole = fit(_config(root / "whole"), model=_model(_config(root / "whole")))
+    with pytest.raises(_Crash):
+        fit(_config(root / "half"), model=_crash_at(_model(_config(root / "half")), CRASH_STEP))
+    assert latest_checkpoint(root / "half").name == "checkpoint-00000012"
+    return {"whole": whole.run_dir, "half": root / "half"}
+
+
+def _weights(run_dir: Path, name: str = MODEL_FILE) -> dict[str, torch.Tensor]:
+    checkpoint = latest_checkpoint(run_dir)
+    assert checkpoint.name == f"checkpoint-{TOTAL_STEPS:08d}"
+    return load_weights(checkpoint / name)[0]
+
+
+def _assert_same_weights(run_dir: Path, reference: Path) -> None:
+    start = _model(_config(reference)).state_dict()
+    for name in (MODEL_FILE, EMA_FILE):
+        ours, theirs = _weights(run_dir, name), _weights(reference, name)
+        assert ours.keys() == theirs.keys()  # the bare model: no "module." prefix from DDP
+        assert drift(ours, theirs, start) < 1e-2, name
+
+
+def _rank_logs(logs: Path, attempt: int, rank: int) -> tuple[str, str]:
+    """(stdout, stderr) of one worker, as torchrun --log-dir --redirects 3 kept them."""
+    (folder,) = logs.glob(f"*/attempt_{attempt}/{rank}")
+    return (folder / "stdout.log").read_text(), (folder / "stderr.log").read_text()
+
+
+def _strip_timing(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "img_per_s"} for r in history]
+
+
+@pytest.fixture(scope="module")
+def resumed(single, tmp_path_factory) -> Path:
+    """`torchrun --nproc-per-node 2 ... train --resume half`: 2 ranks finish a 1-process run."""
+    cwd = tmp_path_factory.mktemp("resumed")
+    shutil.copytree(single["half"], cwd / "run")
+    done = torchrun([*TRAIN, "--resume", "run"], cwd=cwd, launcher=LOGS, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return cwd
+
+
+def test_two_ranks_continue_a_single_process_run_to_the_same_weights(resumed, single):
+    _assert_same_weights(resumed / "run", single["whole"])
+    ours, theirs = read_metrics(resumed / "run"), read_metrics(single["whole"])
+    assert [(r["kind"], r["step"]) for r in ours] == [(r["kind"], r["step"]) for r in theirs]
+    for a, b in zip(_strip_timing(ours), _strip_timing(theirs), strict=True):
+        assert a == pytest.approx(b, rel=1e-3, abs=2 / 128), (a, b)  # err: 2 flips of 128 at most
+
+
+def test_only_rank_0_writes_files_and_prints(resumed):
+    assert sorted(p.name for p in resumed.iterdir()) == ["logs", "run"]
+    run_files = sorted(p.name for p in (resumed / "run").iterdir())
+    assert run_files == ["checkpoint-00000032", "config.json", "curves.png", "metrics.jsonl"]
+    steps = [(r["kind"], r["step"]) for r in read_metrics(resumed / "run")]
+    assert len(steps) == len(set(steps))  # one writer: no record twice
+    stdout0, _ = _rank_logs(resumed / "logs", 0, 0)
+    assert stdout0.count("final: val error") == 1 and "run directory: run" in stdout0
+    assert _rank_logs(resumed / "logs", 0, 1) == ("", "")  # rank 1 said nothing
+
+
+def test_distributed_eval_equals_single_process_eval_of_the_same_checkpoint(resumed):
+    final = read_metrics(resumed / "run")[-1]  # evaluated by 2 ranks, 128 examples each
+    assert (final["kind"], final["split"], final["step"]) == ("eval", "val", TOTAL_STEPS)
+    report = evaluate_checkpoint(resumed / "run", split="val", device="cpu", figure=resumed / "c.png")
+    assert report.result.count == 256  # on one process, written by two: the checkpoint loads on 1 CPU
+    assert report.result.err == final["err"] and report.result.top5_err == final["top5_err"]
+    assert report.result.loss == pytest.approx(final["loss"], rel=1e-5)
+
+
+def test_a_killed_worker_restarts_the_group_which_resumes_and_finishes(single, tmp_path):
+    command = torchrun_command([*TRAIN, *FLAGS, "--out", "run"], launcher=["--max-restarts", "1", *LOGS])
+    with launched(command, cwd=tmp_path) as agent:
+        deadline = time.monotonic() + 120
+        while latest_checkpoint(tmp_path / "run") is None if (tmp_path / "run").is_dir() else True:
+            assert agent.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
+            time.sleep(0.02)
+        os.kill(worker_pids(agent.pid)[1], signal.SIGKILL)  # rank 1, mid-run
+        agent.communicate(timeout=180)
+    assert agent.returncode == 0
+    _, restarted = _rank_logs(tmp_path / "logs", 1, 0)
+    assert "restart 1 of 1: resuming run from checkpoint-" in restarted
+    resumed_from = int(restarted.split("checkpoint-")[1].split()[0])
+    assert 0 < resumed_from < TOTAL_STEPS  # the kill landed mid-run
+    # The final checkpoint loads on one CPU, and training lost nothing: it equals the
+    # uninterrupted single-process run, records included (those after the checkpoint were redone).
+    model, meta = load_model(tmp_path / "run")
+    assert meta["step"] == TOTAL_STEPS and not model.training
+    _assert_same_weights(tmp_path / "run", single["whole"])
+    steps = [(r["kind"], r["step"]) for r in read_metrics(tmp_path / "run")]
+    assert steps == [(r["kind"], r["step"]) for r in read_metrics(single["whole"])]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["batch_size"] == 32
+
+
+def test_max_restarts_without_out_is_refused_up_front(monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(tmp_path)
+    for name, value in {"RANK": "0", "WORLD_SIZE": "1", "TORCHELASTIC_MAX_RESTARTS": "2"}.items():
+        monkeypatch.setenv(name, value)
+    assert main(["train", *FLAGS]) == 2
+    assert "--max-restarts needs --out" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_half_set_launch_environment_is_one_line_and_exit_2(monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["train", *FLAGS, "--out", "run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("resnetlab: error: WORLD_SIZE is set but RANK is not") and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
