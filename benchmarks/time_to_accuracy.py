@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
     parser.add_argument("--lr", type=float, help="override the recipe's peak learning rate")
     parser.add_argument("--batch-size", type=int, help="override the recipe's batch size")
+    parser.add_argument("--train-subset", type=int, help="train on this many examples only (quick checks)")
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of init, val split and data order (default: 0)"
     )
@@ -44,9 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-test", action="store_true", help="tuning: report the val split only")
     args = parser.parse_args(argv)
 
-    overrides = {
-        k: v for k, v in (("epochs", args.epochs), ("lr", args.lr), ("batch_size", args.batch_size)) if v
+    given = {
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "batch_size": args.batch_size,
+        "train_subset": args.train_subset,
     }
+    overrides = {k: v for k, v in given.items() if v is not None}
     cfg = dataclasses.replace(
         get_recipe(args.recipe),
         model=args.model,

@@ -35,6 +35,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Intra-op threads = 1 for a reference run in the test process, as each rank has; restored after.
+
+    Besides matching the ranks, this keeps the reference fast on a shared CPU: with 2 OpenMP
+    threads on 2 busy cores every parallel region waits for a descheduled thread (10-70x slower).
+    """
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
 def rank_env(rank: int, world_size: int, port: int) -> dict[str, str]:
     """The variables torchrun gives worker `rank` of a one-node group."""
     return {

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ddp_harness import drift, spawn
+from ddp_harness import drift, one_thread, spawn
 from resnetlab.data import FolderDataset, ImageArrays, load_dataset, make_loader
 from resnetlab.errors import Error
 from resnetlab.models import create_model
@@ -24,9 +24,9 @@ from resnetlab.train.distributed import Runtime, setup_runtime, teardown_runtime
 from resnetlab.train.evaluate import evaluate
 
 WORLD = 2
-GLOBAL_BATCH = 32
-STEPS = 6
-EVAL_EXAMPLES = 1001  # odd on purpose: rank 0 evaluates 501 examples, rank 1 500
+GLOBAL_BATCH = 16
+STEPS = 4
+EXAMPLES = 301  # odd on purpose: rank 0 evaluates 151 examples, rank 1 150
 
 
 @functools.cache
@@ -66,7 +66,7 @@ def _rank_report(folder: str) -> dict:
     """What one rank sees and computes; runs in each spawned process."""
     runtime = setup_runtime("cpu")
     try:
-        images = _test_images(EVAL_EXAMPLES)
+        images = _test_images(EXAMPLES)
         numbered = _numbered(images)
         shared = dict(device=runtime.device, rank=runtime.rank, world_size=runtime.world_size)
         train = make_loader(numbered, batch_size=GLOBAL_BATCH // WORLD, train=True, seed=5, **shared)
@@ -110,6 +110,12 @@ def _rank_report(folder: str) -> dict:
         teardown_runtime(runtime)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _single_threaded():
+    with one_thread():
+        yield
+
+
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
     folder = tmp_path_factory.mktemp("folder")
@@ -124,7 +130,7 @@ def test_ranks_join_one_gloo_group(ranks):
 
 def test_training_shards_are_disjoint_and_cover_each_epoch(ranks):
     per_batch = GLOBAL_BATCH // WORLD
-    usable = EVAL_EXAMPLES // GLOBAL_BATCH * GLOBAL_BATCH  # the same steps as one process would take
+    usable = EXAMPLES // GLOBAL_BATCH * GLOBAL_BATCH  # the same steps as one process would take
     for epoch in (0, 1):
         shards = [torch.cat(r["train_epochs"][epoch]) for r in ranks]
         assert [len(s) for s in shards] == [usable // WORLD] * WORLD
@@ -132,7 +138,7 @@ def test_training_shards_are_disjoint_and_cover_each_epoch(ranks):
         assert len(set(torch.cat(shards).tolist())) == usable  # disjoint
         # Batch b of the two ranks together is batch b of one process with the global batch.
         single = make_loader(
-            _numbered(_test_images(EVAL_EXAMPLES)), batch_size=GLOBAL_BATCH, train=True, device="cpu", seed=5
+            _numbered(_test_images(EXAMPLES)), batch_size=GLOBAL_BATCH, train=True, device="cpu", seed=5
         )
         single.set_epoch(epoch)
         for b, whole in enumerate(_labels(single)):
@@ -143,7 +149,7 @@ def test_training_shards_are_disjoint_and_cover_each_epoch(ranks):
 
 def test_eval_shards_count_every_example_exactly_once(ranks):
     seen = torch.cat([torch.cat(r["eval_labels"]) for r in ranks])
-    assert sorted(seen.tolist()) == list(range(EVAL_EXAMPLES))
+    assert sorted(seen.tolist()) == list(range(EXAMPLES))
     folder_seen = torch.cat([torch.cat(r["folder_eval"]) for r in ranks])
     assert sorted(folder_seen.tolist()) == list(range(11))
     folder_train = [torch.cat(r["folder_train"]).tolist() for r in ranks]
@@ -152,19 +158,19 @@ def test_eval_shards_count_every_example_exactly_once(ranks):
 
 
 def test_distributed_eval_equals_single_process_eval(ranks):
-    images = _test_images(EVAL_EXAMPLES)
+    images = _test_images(EXAMPLES)
     single = evaluate(
         _tiny_model(), make_loader(images, batch_size=64, train=False, device="cpu"), num_classes=10
     )
     for r in ranks:  # every rank gets the reduced result
         assert torch.equal(r["eval"]["confusion"], single.confusion)
-        assert int(r["eval"]["confusion"].sum()) == EVAL_EXAMPLES
+        assert int(r["eval"]["confusion"].sum()) == EXAMPLES
         assert r["eval"]["err"] == single.err and r["eval"]["top5_err"] == single.top5_err
         assert r["eval"]["loss"] == pytest.approx(single.loss, rel=1e-5)
 
 
 def test_ddp_steps_equal_single_process_steps_with_the_global_batch(ranks):
-    images = _test_images(EVAL_EXAMPLES)
+    images = _test_images(EXAMPLES)
     model = _tiny_model()
     loader = make_loader(images, batch_size=GLOBAL_BATCH, train=True, device="cpu", seed=5)
     single = _sgd_steps(model, model, loader)

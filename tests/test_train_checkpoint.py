@@ -8,6 +8,7 @@ import pickle
 import pytest
 import safetensors.torch
 import torch
+from PIL import Image
 
 from resnetlab.errors import Error
 from resnetlab.models import create_model
@@ -24,6 +25,7 @@ from resnetlab.train.checkpoint import (
     save_checkpoint,
     save_weights,
 )
+from resnetlab.train.predict import predict
 
 META = {
     "model": "cifar_resnet",
@@ -139,3 +141,10 @@ def test_weights_that_do_not_fit_the_model_are_an_error(tmp_path):
     save_weights(tmp_path / "w.safetensors", _model().state_dict(), {**META, "model_kwargs": {"depth": 14}})
     with pytest.raises(Error, match="do not fit cifar_resnet"):
         load_model(tmp_path / "w.safetensors")
+
+
+def test_weights_without_the_metadata_predict_needs_are_an_error(tmp_path):
+    save_weights(tmp_path / "w.safetensors", _model().state_dict(), META)  # no image size or statistics
+    Image.new("L", (28, 28)).save(tmp_path / "x.png")
+    with pytest.raises(Error, match="lacks mean, std, image_size, resize_size in its metadata"):
+        predict(tmp_path / "w.safetensors", [tmp_path / "x.png"])

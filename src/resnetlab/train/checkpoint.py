@@ -160,9 +160,18 @@ def inference_weights(path: str | Path) -> Path:
     return path
 
 
+def require_meta(meta: dict[str, Any], keys: tuple[str, ...], path: Path) -> None:
+    """Raise `Error` when a weights file's metadata lacks what the caller needs."""
+    missing = [key for key in keys if key not in meta]
+    if missing:
+        raise Error(f"{path} lacks {', '.join(missing)} in its metadata; use the weights of a resnetlab run")
+
+
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a trained model from a run directory or weights file: (model in eval mode, metadata)."""
-    state, meta = load_weights(inference_weights(path))
+    weights = inference_weights(path)
+    state, meta = load_weights(weights)
+    require_meta(meta, ("model", "model_kwargs", "num_classes", "in_chans"), weights)
     model = create_model(
         meta["model"], num_classes=meta["num_classes"], in_chans=meta["in_chans"], **meta["model_kwargs"]
     )

@@ -190,9 +190,9 @@ RECIPES: dict[str, TrainConfig] = {
         workers=8,
     ),
     "fast": TrainConfig(
-        epochs=12,
-        batch_size=256,
-        lr=0.4,
+        epochs=8,
+        batch_size=128,
+        lr=0.2,  # val probes, 4 epochs: batch 128 / lr 0.2 92.7%, batch 256 / lr 0.4 92.2%
         nesterov=True,
         weight_decay=5e-4,
         wd_norm_bias=False,

@@ -20,7 +20,7 @@ from torch import nn
 
 from resnetlab.data import load_dataset, make_loader
 from resnetlab.errors import Error
-from resnetlab.train.checkpoint import inference_weights, load_model
+from resnetlab.train.checkpoint import inference_weights, load_model, require_meta
 from resnetlab.train.distributed import Runtime, resolve_device
 from resnetlab.train.precision import autocast
 
@@ -141,6 +141,7 @@ def evaluate_checkpoint(
     weights = inference_weights(path)
     dev = resolve_device(device)
     model, meta = load_model(weights, dev)
+    require_meta(meta, ("data", "val_size", "seed"), weights)
     data = data or meta["data"]
     dataset = load_dataset(
         data, split, data_dir=data_dir, val_size=meta["val_size"] if split == "val" else 0, seed=meta["seed"]

@@ -16,7 +16,7 @@ from PIL import Image
 
 from resnetlab.data.folder import centre_box
 from resnetlab.errors import Error
-from resnetlab.train.checkpoint import load_model
+from resnetlab.train.checkpoint import inference_weights, load_model, require_meta
 from resnetlab.train.distributed import resolve_device
 
 
@@ -50,6 +50,7 @@ def predict(
         raise Error("--top-k must be at least 1")
     dev = resolve_device(device)
     model, meta = load_model(source, dev)
+    require_meta(meta, ("classes", "mean", "std", "image_size", "resize_size"), inference_weights(source))
     view = {k: meta[k] for k in ("in_chans", "image_size", "resize_size")}
     batch = torch.stack([load_image(path, **view) for path in images]).to(dev)
     mean = torch.tensor(meta["mean"], device=dev).view(1, -1, 1, 1)

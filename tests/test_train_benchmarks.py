@@ -1,0 +1,53 @@
+"""The benchmark scripts run (tiny sizes, on the CPU): no import errors, a table comes out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def benchmarks(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))  # benchmarks/ is a package at the repository root
+    import benchmarks
+
+    return benchmarks
+
+
+def test_throughput_table(benchmarks, capsys):
+    from benchmarks import throughput
+
+    assert throughput.main(["--models", "resnet20", "--steps", "1", "--batch-size", "8"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("resnet20")]
+    assert len(rows) == 5 and rows[0].split()[2] == "baseline" and rows[0].endswith("1.00x")
+
+
+def test_gpu_script_runs_on_the_cpu(benchmarks, capsys):
+    from benchmarks import gpu
+
+    assert gpu.main(["--device", "cpu", "--steps", "1", "--batch-size", "2", "--image-size", "32"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("resnet50") == 2 and out.count("resnet20") == 2
+
+
+def test_time_to_accuracy_tuning_probe_reports_val(benchmarks, capsys):
+    from benchmarks import time_to_accuracy
+
+    argv = ["--model", "resnet20", "--epochs", "1", "--train-subset", "256", "--no-test"]
+    assert time_to_accuracy.main(argv) == 0
+    header, values = capsys.readouterr().out.strip().splitlines()[-2:]
+    assert header.split(" | ")[-1] == "val acc" and values.endswith("%")
+
+
+@pytest.mark.slow
+def test_time_to_accuracy_reports_test_accuracy_against_the_target(benchmarks, capsys):
+    from benchmarks import time_to_accuracy
+
+    argv = ["--epochs", "1", "--train-subset", "512", "--batch-size", "32", "--lr", "0.05", "--target", "0.2"]
+    assert time_to_accuracy.main(argv) == 0
+    header, values = capsys.readouterr().out.strip().splitlines()[-2:]
+    assert header.split(" | ")[-3:] == ["val acc", "test acc", "target"]
+    assert values.endswith(">= 20.0%: met")
