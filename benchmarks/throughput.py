@@ -1,8 +1,9 @@
 """Training throughput (img/s): resnetlab's loop against a conventionally written one, in one run.
 
 Rows per model:
-  baseline   a torch DataLoader over a Dataset that normalises, pads, crops and flips one image
-             at a time in Python (the usual tutorial loop), fp32, NCHW;
+  loader wN  the baseline: a torch DataLoader with N worker processes over a Dataset that
+             normalises, pads, crops and flips one image at a time in Python (the usual tutorial
+             loop), fp32, NCHW; ratios are to the faster of the baseline rows;
   resnetlab  the engine's path: uint8 data resident on the device, batched augmentation
              (resnetlab.data.make_loader), `engine.train_step`, in fp32 or bf16 autocast, NCHW or
              channels_last.
@@ -147,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="timed steps per row (default: per model, see source)")
     parser.add_argument("--batch-size", type=int, help="examples per step (default: per model)")
     parser.add_argument(
-        "--baseline-workers", type=int, default=0, help="DataLoader workers of the baseline (default: 0)"
+        "--baseline-workers",
+        default="0,2",
+        help="DataLoader worker counts of the baseline rows; ratios are to the fastest (default: 0,2)",
     )
     args = parser.parse_args(argv)
 
@@ -165,20 +168,23 @@ def main(argv: list[str] | None = None) -> int:
         else:
             data = load_dataset(data_name, "train")
         shape = "x".join(map(str, (data.in_chans, data.image_size, data.image_size)))
-        rows = [("baseline", "none", "NCHW")] + [("resnetlab", amp, layout) for amp, layout in VARIANTS]
-        base = None
-        for pipeline, amp, layout in rows:
-            rate = measure(
+        rows = [(f"loader w{w}", "none", "NCHW", int(w)) for w in args.baseline_workers.split(",")]
+        rows += [("resnetlab", amp, layout, 0) for amp, layout in VARIANTS]
+        rates = [
+            measure(
                 name,
                 data,
                 batch_size,
                 steps,
-                pipeline=pipeline,
+                pipeline="baseline" if pipeline.startswith("loader") else "resnetlab",
                 amp=amp,
                 layout=layout,
-                workers=args.baseline_workers,
+                workers=workers,
             )
-            base = base or rate
+            for pipeline, amp, layout, workers in rows
+        ]
+        base = max(rate for rate, row in zip(rates, rows, strict=True) if row[0].startswith("loader"))
+        for (pipeline, amp, layout, _), rate in zip(rows, rates, strict=True):
             precision = "fp32" if amp == "none" else amp
             print(ROW.format(name, shape, pipeline, precision, layout, f"{rate:.0f}", f"{rate / base:.2f}x"))
     return 0

@@ -64,9 +64,10 @@ class DegradationConfig(TrainSettings):
 
 
 PRESETS = {
-    "quick": DegradationConfig(steps=300, batch_size=32, lr=0.05),
+    "quick": DegradationConfig(),
     "paper": DegradationConfig(
         data="cifar10",
+        train_subset=None,
         depths=(20, 32, 44, 56, 110),
         steps=64_000,
         batch_size=128,

@@ -75,9 +75,10 @@ class LandscapeConfig(TrainSettings):
 
 
 PRESETS = {
-    "quick": LandscapeConfig(steps=600, batch_size=32, lr=0.05),
+    "quick": LandscapeConfig(),
     "paper": LandscapeConfig(
         data="cifar10",
+        train_subset=None,
         depth=56,
         steps=64_000,
         batch_size=128,

@@ -61,9 +61,10 @@ class LesionConfig(TrainSettings):
 
 
 PRESETS = {
-    "quick": LesionConfig(steps=600, batch_size=32, lr=0.05),
+    "quick": LesionConfig(),
     "paper": LesionConfig(
         data="cifar10",
+        train_subset=None,
         depth=110,
         preact=True,
         steps=64_000,

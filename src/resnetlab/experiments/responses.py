@@ -57,9 +57,15 @@ class ResponsesConfig(TrainSettings):
 
 
 PRESETS = {
-    "quick": ResponsesConfig(steps=600, batch_size=32, lr=0.05),
+    "quick": ResponsesConfig(),
     "paper": ResponsesConfig(
-        data="cifar10", steps=64_000, batch_size=128, lr=0.1, amp="none", test_examples=None
+        data="cifar10",
+        train_subset=None,
+        steps=64_000,
+        batch_size=128,
+        lr=0.1,
+        amp="none",
+        test_examples=None,
     ),
 }
 

@@ -184,6 +184,7 @@ RECIPES: dict[str, TrainConfig] = {
         epochs=90,
         schedule="step",
         milestones=(1 / 3, 2 / 3),  # epochs 30 and 60 of 90
+        flip=True,  # with the loader's random-resized crops, not [He15]'s scale jitter in [256, 480]
         val_size=0,
         eval_splits=("test",),
         log_every=100,

@@ -235,6 +235,7 @@ def _fit(
         model.train()
         for epoch in range(start_epoch, num_epochs):
             loader.set_epoch(epoch)
+            bar.set_description(f"epoch {epoch + 1}/{num_epochs}", refresh=False)
             batches = _skip(iter(loader), skip)  # the loader's draws depend on (seed, epoch, batch) only
             skip = 0
             if rng is not None:  # restored after the skip, which may have drawn from the global RNG
