@@ -95,17 +95,23 @@ def spawn(fn: Callable[..., Any], *args: Any, world_size: int = 2, timeout: floa
         return [torch.load(Path(out) / f"rank{r}.pt", weights_only=True) for r in range(world_size)]
 
 
-def torchrun_command(args: Sequence[str], *, nproc: int = 2, launcher: Sequence[str] = ()) -> list[str]:
+def torchrun_command(
+    args: Sequence[str], *, nproc: int = 2, launcher: Sequence[str] = (), rendezvous: str = "static"
+) -> list[str]:
+    """The torchrun command line on loopback. rendezvous "static": --master-addr/--master-port;
+    "c10d": --rdzv-backend c10d, which starts each restart in a fresh store round (see
+    docs/scaling.md: the static store keeps the dead workers' addresses across restarts)."""
+    where = {
+        "static": ["--master-addr", LOOPBACK, "--master-port", str(free_port())],
+        "c10d": ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"{LOOPBACK}:{free_port()}"],
+    }[rendezvous]
     return [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--nproc-per-node",
         str(nproc),
-        "--master-addr",
-        LOOPBACK,
-        "--master-port",
-        str(free_port()),
+        *where,
         *launcher,
         *args,
     ]

@@ -8,6 +8,7 @@ smoothing, EMA).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -160,15 +161,17 @@ def test_distributed_eval_equals_single_process_eval_of_the_same_checkpoint(resu
 
 
 def test_a_killed_worker_restarts_the_group_which_resumes_and_finishes(single, tmp_path):
-    command = torchrun_command([*TRAIN, *FLAGS, "--out", "run"], launcher=["--max-restarts", "1", *LOGS])
+    command = torchrun_command(
+        [*TRAIN, *FLAGS, "--out", "run"], launcher=["--max-restarts", "1", *LOGS], rendezvous="c10d"
+    )
     with launched(command, cwd=tmp_path) as agent:
         deadline = time.monotonic() + 120
-        while latest_checkpoint(tmp_path / "run") is None if (tmp_path / "run").is_dir() else True:
+        while not list((tmp_path / "run").glob("checkpoint-*")):  # renamed into place when complete
             assert agent.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
             time.sleep(0.02)
         os.kill(worker_pids(agent.pid)[1], signal.SIGKILL)  # rank 1, mid-run
-        agent.communicate(timeout=180)
-    assert agent.returncode == 0
+        _, launcher_log = agent.communicate(timeout=180)
+    assert agent.returncode == 0, launcher_log[-3000:]
     _, restarted = _rank_logs(tmp_path / "logs", 1, 0)
     assert "restart 1 of 1: resuming run from checkpoint-" in restarted
     resumed_from = int(restarted.split("checkpoint-")[1].split()[0])
@@ -180,7 +183,7 @@ def test_a_killed_worker_restarts_the_group_which_resumes_and_finishes(single, t
     _assert_same_weights(tmp_path / "run", single["whole"])
     steps = [(r["kind"], r["step"]) for r in read_metrics(tmp_path / "run")]
     assert steps == [(r["kind"], r["step"]) for r in read_metrics(single["whole"])]
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["batch_size"] == 16
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["world_size"] == 2
 
 
 def test_max_restarts_without_out_is_refused_up_front(monkeypatch, tmp_path, capsys):
@@ -200,3 +203,23 @@ def test_half_set_launch_environment_is_one_line_and_exit_2(monkeypatch, tmp_pat
     err = capsys.readouterr().err
     assert err.startswith("resnetlab: error: WORLD_SIZE is set but RANK is not") and err.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_restarted_group_resumes_its_run_even_one_that_had_finished(tmp_path, monkeypatch, capsys):
+    """torchrun restarts with the same command line, --overwrite included: the run is continued,
+    never deleted, and a run whose last checkpoint is its final step trains no further."""
+    cfg = dataclasses.replace(_config(tmp_path / "run"), max_steps=6)  # not a whole epoch (16 steps)
+    fit(cfg)
+    before = read_metrics(tmp_path / "run")
+    restart = {
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "TORCHELASTIC_RESTART_COUNT": "1",
+        "TORCHELASTIC_MAX_RESTARTS": "1",
+    }
+    for name, value in restart.items():
+        monkeypatch.setenv(name, value)
+    result = fit(cfg, overwrite=True)
+    assert f"restart 1 of 1: resuming {tmp_path / 'run'} from checkpoint-00000006" in capsys.readouterr().err
+    assert read_metrics(tmp_path / "run") == before == result.history
+    assert latest_checkpoint(tmp_path / "run").name == "checkpoint-00000006"

@@ -262,6 +262,8 @@ def _figures(runs: list[dict], cfg: DegradationConfig, run_dir: Path) -> list[Fi
             else:
                 final = sum(r["final_test_err"] for r in mine) / len(mine)
                 ax.plot([cfg.steps], [100 * final], "o", ms=8, color=colors[depth], label=f"{arch}-{depth}")
+        ax.plot([], [], "k--", lw=1, label="train error")
+        ax.plot([], [], "k-" if cfg.curve_evals else "ko", lw=2.2, label="test error")
         ax.set_title("plain" if arch == "plain" else "ResNet")
         ax.set_xlabel("iterations")
         ax.grid(True, alpha=0.3)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import quote
@@ -28,8 +29,8 @@ h1 { font-size: 1.6em; margin-bottom: .2em; } h2 { margin-top: 2em; border-botto
 figure { margin: 1.2em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { color: #444; font-size: .92em; }
 table { border-collapse: collapse; margin: .6em 0 1.2em; font-variant-numeric: tabular-nums; }
-th, td { border: 1px solid #ccc; padding: .25em .7em; text-align: right; }
-th:first-child, td:first-child { text-align: left; } th { background: #f3f3f3; }
+th, td { border: 1px solid #ccc; padding: .25em .7em; text-align: left; vertical-align: top; }
+td.num { text-align: right; white-space: nowrap; } th { background: #f3f3f3; }
 caption { caption-side: top; text-align: left; font-weight: 600; padding-bottom: .3em; }
 pre { background: #f6f6f6; padding: .8em; overflow-x: auto; font-size: .88em; }
 dl { display: grid; grid-template-columns: max-content auto; gap: .2em 1.2em; }
@@ -41,9 +42,18 @@ def _e(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
+_NUMBER = re.compile(r"[-+]?[\d.]+(e[-+]?\d+)?( ± [\d.]+)?%?")
+
+
+def _cell(text: object) -> str:
+    """A table cell; numbers (also "mean ± std") are right-aligned."""
+    numeric = _NUMBER.fullmatch(str(text)) is not None
+    return f'<td class="num">{_e(text)}</td>' if numeric else f"<td>{_e(text)}</td>"
+
+
 def _table_html(table: Table) -> str:
     head = "".join(f"<th>{_e(c)}</th>" for c in table.columns)
-    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in table.rows)
+    body = "".join("<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in table.rows)
     caption = f"<caption>{_e(table.title)}</caption>"
     return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -85,7 +95,13 @@ def _run_section(record: RunRecord, run_dir: Path, page_dir: Path, anchor: str, 
         f"<{hs}>Provenance</{hs}>",
         "<dl>" + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in prov.items()) + "</dl>",
         f"<{hs}>Config</{hs}>",
-        f"<pre><code>{_e(json.dumps(record.config, indent=2))}</code></pre>",
+        _table_html(
+            Table(
+                "Every field of the run's config",
+                ["field", "value"],
+                [[k, json.dumps(v)] for k, v in record.config.items()],
+            )
+        ),
         "</section>",
     ]
     return "\n".join(parts)

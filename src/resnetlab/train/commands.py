@@ -20,6 +20,7 @@ from typing import Any
 
 from resnetlab.errors import Error
 from resnetlab.train.config import RECIPES, RESUME_MAY_CHANGE, TrainConfig, get_recipe, list_recipes
+from resnetlab.train.distributed import setup_runtime, teardown_runtime
 from resnetlab.train.engine import fit
 from resnetlab.train.evaluate import evaluate_checkpoint, format_report
 from resnetlab.train.predict import predict
@@ -200,6 +201,7 @@ def _train_epilog() -> str:
         "  resnetlab train --model resnet20 --data fashion-mnist --recipe fast --epochs 15 --out runs/r20",
         "  resnetlab train --model resnet110 --data cifar10 --recipe paper-cifar --out runs/paper-r110",
         "  resnetlab train --resume runs/r20",
+        "  torchrun --nproc-per-node 2 -m resnetlab train --model resnet20 --out runs/r20-ddp",
     ]
     return "\n".join(lines)
 
@@ -236,7 +238,17 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
 
 def run_train(args: argparse.Namespace) -> int:
     cfg, resume = config_from_args(args)
-    result = fit(cfg, resume=resume, overwrite=args.overwrite)
+    runtime = setup_runtime(cfg.device)
+    try:
+        if runtime.max_restarts and not resume and not hasattr(args, "out"):
+            raise Error(
+                "torchrun --max-restarts needs --out RUN_DIR: restarted workers resume the run from there"
+            )
+        result = fit(cfg, resume=resume, overwrite=args.overwrite, runtime=runtime)
+    finally:
+        teardown_runtime(runtime)
+    if not runtime.is_main:  # under torchrun, rank 0 speaks for the group
+        return 0
     final = {r["split"]: r for r in result.history if r["kind"] == "eval"}
     summary = ", ".join(f"{split} error {100 * r['err']:.2f}%" for split, r in final.items())
     if summary:

@@ -74,6 +74,12 @@ class Runtime:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def check_sync_bn(self) -> None:
+        """Refuse --sync-bn where it cannot run, before any work is done: PyTorch's SyncBatchNorm
+        is CUDA-only (one process has nothing to synchronise, so there it is simply off)."""
+        if self.distributed and self.device.type != "cuda":
+            raise Error("--sync-bn needs CUDA devices (PyTorch has no SyncBatchNorm on the CPU); drop it")
+
     def wrap(self, model: nn.Module, *, sync_bn: bool = False) -> nn.Module:
         """DistributedDataParallel on many processes; the model itself on one.
 
@@ -85,8 +91,7 @@ class Runtime:
         if not self.distributed:
             return model
         if sync_bn:
-            if self.device.type != "cuda":
-                raise Error("--sync-bn needs CUDA devices (PyTorch has no SyncBatchNorm on the CPU); drop it")
+            self.check_sync_bn()
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         ids = [self.device.index] if self.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=ids)

@@ -48,7 +48,14 @@ from resnetlab.train.ema import EMA
 from resnetlab.train.evaluate import evaluate
 from resnetlab.train.optim import LRSchedule, build_optimizer, count_weighted_layers
 from resnetlab.train.precision import autocast, grad_scaler
-from resnetlab.train.rundir import Recorder, prepare_run_dir, read_config, read_metrics, write_config
+from resnetlab.train.rundir import (
+    CONFIG_FILE,
+    Recorder,
+    prepare_run_dir,
+    read_config,
+    read_metrics,
+    write_config,
+)
 
 T = TypeVar("T")
 
@@ -83,6 +90,7 @@ def fit(
     own_runtime = runtime is None
     runtime = runtime or setup_runtime(cfg.device)
     try:
+        cfg, resume, overwrite = _same_run(cfg, runtime, resume=resume, overwrite=overwrite)
         with _kernel_settings(cfg.deterministic, runtime.device):
             return _fit(cfg, model, resume=resume, overwrite=overwrite, runtime=runtime)
     finally:
@@ -100,6 +108,8 @@ def _fit(
         raise Error(f"--batch-size and --eval-batch-size are global and must divide by the {world} ranks")
     if cfg.amp == "fp16" and device.type != "cuda":
         raise Error("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
+    if cfg.sync_bn:
+        runtime.check_sync_bn()
 
     # Data. Rank 0 loads first, so only one process downloads missing files.
     splits = _main_first(runtime, lambda: _load_splits(cfg))
@@ -149,7 +159,7 @@ def _fit(
     )
     step, history, last_checkpoint, rng = 0, [], None, None
     if resume:
-        last_checkpoint = latest_checkpoint(run_dir)
+        last_checkpoint = _resume_point(run_dir, runtime)
     if last_checkpoint is not None:
         state = load_train_state(last_checkpoint)
         if state["total_steps"] != total_steps:
@@ -232,6 +242,8 @@ def _fit(
     try:
         window = _Window(device)
         start_epoch, skip = divmod(step, steps_per_epoch)
+        if step == total_steps:  # a finished run resumed, or restarted after its last checkpoint
+            start_epoch = num_epochs
         model.train()
         for epoch in range(start_epoch, num_epochs):
             loader.set_epoch(epoch)
@@ -438,6 +450,45 @@ def _describe(train_set: Any, eval_sets: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _same_run(
+    cfg: TrainConfig, runtime: Runtime, *, resume: bool, overwrite: bool
+) -> tuple[TrainConfig, bool, bool]:
+    """(cfg, resume, overwrite) as every rank must use them.
+
+    All ranks take rank 0's run directory (a default name holds the time, which differs between
+    processes). After a worker failure torchrun --max-restarts starts the group again with the
+    same command; once the run directory was started, the new group resumes it instead of
+    starting over (or, with --overwrite, deleting it).
+    """
+    cfg = dataclasses.replace(cfg, out=runtime.broadcast_object(cfg.out))
+    if runtime.restart_count and cfg.out is not None:
+        started = (Path(cfg.out) / CONFIG_FILE).is_file() if runtime.is_main else None
+        if runtime.broadcast_object(started):
+            return cfg, True, False
+    return cfg, resume, overwrite
+
+
+def _resume_point(run_dir: Path, runtime: Runtime) -> Path | None:
+    """Rank 0's latest checkpoint, the same one on every rank (None: start from step 0)."""
+    found = latest_checkpoint(run_dir) if runtime.is_main else None
+    name = runtime.broadcast_object(None if found is None else found.name)
+    if runtime.is_main and runtime.restart_count:
+        print(
+            f"resnetlab: restart {runtime.restart_count} of {runtime.max_restarts}: resuming {run_dir} "
+            f"from {name or 'step 0 (no checkpoint yet)'}",
+            file=sys.stderr,
+            flush=True,
+        )
+    if name is None:
+        return None
+    if not (run_dir / name).is_dir():  # another node, without the storage rank 0 writes to
+        raise Error(
+            f"rank {runtime.rank} cannot see {run_dir / name}, which rank 0 resumes from; "
+            "put --out on storage that every node shares"
+        )
+    return run_dir / name
+
+
 def _open_run_dir(
     cfg: TrainConfig, runtime: Runtime, *, resume: bool, overwrite: bool, dataset: dict[str, Any]
 ) -> Path | None:
@@ -461,7 +512,7 @@ def _open_run_dir(
                     )
             else:
                 prepare_run_dir(path, overwrite=overwrite)
-                write_config(path, cfg, dataset=dataset)
+                write_config(path, cfg, dataset=dataset, world_size=runtime.world_size)
         except (Error, OSError) as exc:
             problem = str(exc)
     problem = runtime.broadcast_object(problem)

@@ -91,11 +91,15 @@ def environment() -> dict[str, Any]:
     }
 
 
-def write_config(run_dir: Path, cfg: TrainConfig, *, dataset: dict[str, Any]) -> None:
+def write_config(run_dir: Path, cfg: TrainConfig, *, dataset: dict[str, Any], world_size: int = 1) -> None:
+    """config.json. `world_size`: the processes that ran `command` (torchrun ranks); with BN each
+    rank normalises over batch_size / world_size examples, so the same command on another
+    number of processes is a different run."""
     record = {
         "config": dataclasses.asdict(cfg),
         "dataset": dataset,
         "command": sys.argv,
+        "world_size": world_size,
         "environment": environment(),
     }
     _atomic_write_text(run_dir / CONFIG_FILE, json.dumps(record, indent=2) + "\n")
