@@ -12,6 +12,7 @@ import time
 MODULES = [
     "benchmarks.throughput",
     "benchmarks.gpu",
+    "benchmarks.ddp",
 ]
 
 

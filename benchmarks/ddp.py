@@ -1,7 +1,7 @@
 """Data-parallel scaling on this machine: `resnetlab train` on 1 and 2 CPU processes, in one run.
 
 Rows, all the same command line (recipe, model, global batch) on real Fashion-MNIST:
-  plain      `resnetlab train`: one process, torch's default threads (all cores);
+  plain      `resnetlab train`: one process with a thread per core (torch's default);
   torchrun   `torchrun --nproc-per-node 1`: one process, one thread (OMP_NUM_THREADS=1);
   torchrun   `torchrun --nproc-per-node 2`: two gloo ranks of one thread each, DDP, half the
              global batch per rank.
@@ -17,8 +17,10 @@ ranks also share memory bandwidth and each step waits for a gradient all-reduce.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -55,17 +57,32 @@ def _launch(processes: int | None) -> list[str]:
     ]
 
 
-def measure(processes: int | None, train_args: list[str], window: int, timeout: float) -> float:
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def measure(processes: int | None, threads: int, train_args: list[str], window: int, timeout: float) -> float:
     """img/s of one `resnetlab train` run (plain when `processes` is None), from its metrics.jsonl."""
     with tempfile.TemporaryDirectory(prefix="bench-ddp-") as tmp:
         run = Path(tmp) / "run"
-        env = dict(os.environ)
-        if processes is not None:
-            env["OMP_NUM_THREADS"] = "1"  # torchrun's own default with several ranks; said explicitly
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}  # per process
         command = [*_launch(processes), "train", *train_args, "--log-every", str(window), "--out", str(run)]
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
-        if done.returncode != 0:
-            raise SystemExit(f"benchmark run failed ({' '.join(command)}):\n{done.stderr[-2000:]}")
+        # Own session, so a timeout takes torchrun's workers down with it.
+        proc = subprocess.Popen(
+            command,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            _, stderr = proc.communicate(timeout=timeout)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        if proc.returncode != 0:
+            raise SystemExit(f"benchmark run failed ({' '.join(command)}):\n{stderr[-2000:]}")
         records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     rates = [r["img_per_s"] for r in records if r["kind"] == "train"][1:]  # the first holds warm-up
     return sum(rates) / len(rates)
@@ -105,16 +122,16 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
         f"data-parallel throughput, {args.model} on Fashion-MNIST 28x28, recipe {args.recipe}, "
-        f"global batch {args.batch_size}, CPU ({os.cpu_count()} cores), gloo, torch {torch.__version__}, "
+        f"global batch {args.batch_size}, CPU ({_cores()} cores), gloo, torch {torch.__version__}, "
         f"load average {load:.1f}"
     )
     header = ROW.format("launch", "processes", "threads/proc", "batch/rank", "img/s", "vs 1x1", "vs plain")
     print(header)
     print("-" * len(header))
-    plain = measure(None, train_args, args.steps, args.timeout)
-    rows = [("plain", 1, torch.get_num_threads(), args.batch_size, plain)]
+    plain = measure(None, _cores(), train_args, args.steps, args.timeout)
+    rows = [("plain", 1, _cores(), args.batch_size, plain)]
     for n in counts:
-        rate = measure(n, train_args, args.steps, args.timeout)
+        rate = measure(n, 1, train_args, args.steps, args.timeout)  # torchrun's default with N > 1
         rows.append(("torchrun", n, 1, args.batch_size // n, rate))
     single = next((rate for launch, n, *_, rate in rows if launch == "torchrun" and n == 1), None)
     for launch, n, threads, per_rank, rate in rows:

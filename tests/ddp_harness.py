@@ -99,8 +99,8 @@ def torchrun_command(
     args: Sequence[str], *, nproc: int = 2, launcher: Sequence[str] = (), rendezvous: str = "static"
 ) -> list[str]:
     """The torchrun command line on loopback. rendezvous "static": --master-addr/--master-port;
-    "c10d": --rdzv-backend c10d, which starts each restart in a fresh store round (see
-    docs/scaling.md: the static store keeps the dead workers' addresses across restarts)."""
+    "c10d": --rdzv-backend c10d, which (with RESTARTABLE in the environment) gives each restart
+    a fresh store; see docs/scaling.md, "Fault tolerance"."""
     where = {
         "static": ["--master-addr", LOOPBACK, "--master-port", str(free_port())],
         "c10d": ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"{LOOPBACK}:{free_port()}"],
@@ -117,19 +117,27 @@ def torchrun_command(
     ]
 
 
-def quiet_env(**extra: str) -> dict[str, str]:
+# torchrun's agent shares its store with the workers by default, and a restarted group can then
+# read the failed attempt's worker addresses from it (pytorch/pytorch#135712); with the c10d
+# rendezvous this makes rank 0 of each attempt host a fresh store instead.
+RESTARTABLE = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+
+
+def quiet_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """This environment, one thread per process, no launcher variables inherited from outside."""
     env = {k: v for k, v in os.environ.items() if k not in rank_env(0, 1, 0)}
-    return {**env, "OMP_NUM_THREADS": "1", **extra}
+    return {**env, "OMP_NUM_THREADS": "1", **(extra or {})}
 
 
 @contextlib.contextmanager
-def launched(command: Sequence[str], *, cwd: Path) -> Iterator[subprocess.Popen]:
+def launched(
+    command: Sequence[str], *, cwd: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen]:
     """Start `command` in its own process group; kill the whole group (workers too) on exit."""
     proc = subprocess.Popen(
         list(command),
         cwd=cwd,
-        env=quiet_env(),
+        env=quiet_env(env),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

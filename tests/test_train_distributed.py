@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddp_harness import drift, launched, one_thread, torchrun, torchrun_command, worker_pids
+from ddp_harness import RESTARTABLE, drift, launched, one_thread, torchrun, torchrun_command, worker_pids
 from resnetlab.cli import build_parser, main
 from resnetlab.models import create_model
 from resnetlab.train import fit
@@ -164,7 +164,7 @@ def test_a_killed_worker_restarts_the_group_which_resumes_and_finishes(single, t
     command = torchrun_command(
         [*TRAIN, *FLAGS, "--out", "run"], launcher=["--max-restarts", "1", *LOGS], rendezvous="c10d"
     )
-    with launched(command, cwd=tmp_path) as agent:
+    with launched(command, cwd=tmp_path, env=RESTARTABLE) as agent:
         deadline = time.monotonic() + 120
         while not list((tmp_path / "run").glob("checkpoint-*")):  # renamed into place when complete
             assert agent.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
@@ -223,3 +223,18 @@ def test_a_restarted_group_resumes_its_run_even_one_that_had_finished(tmp_path, 
     assert f"restart 1 of 1: resuming {tmp_path / 'run'} from checkpoint-00000006" in capsys.readouterr().err
     assert read_metrics(tmp_path / "run") == before == result.history
     assert latest_checkpoint(tmp_path / "run").name == "checkpoint-00000006"
+
+
+@pytest.mark.slow
+def test_ddp_benchmark_prints_its_table(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))  # benchmarks/ at the root
+    from benchmarks import ddp
+
+    argv = ["--batch-size", "8", "--steps", "1", "--records", "1", "--processes", "2"]
+    assert ddp.main(argv) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[3:]]
+    assert [row[:3] for row in rows] == [
+        ["plain", "1", str(len(os.sched_getaffinity(0)))],
+        ["torchrun", "2", "1"],
+    ]
+    assert rows[0][-1] == "1.00x" and float(rows[1][4]) > 0

@@ -160,31 +160,43 @@ def _check_env(env: Mapping[str, str]) -> tuple[int, int, int]:
 
 def setup_runtime(device: str = "auto") -> Runtime:
     """Decide device and rank from torchrun's variables; start the process group under torchrun."""
-    env = os.environ
-    rank, world_size, local_rank = _check_env(env)
+    rank, world_size, local_rank = _check_env(os.environ)
     runtime = Runtime(
         device=resolve_device(device, local_rank),
         rank=rank,
         world_size=world_size,
         local_rank=local_rank,
-        restart_count=_env_int(env, "TORCHELASTIC_RESTART_COUNT", 0),
-        max_restarts=_env_int(env, "TORCHELASTIC_MAX_RESTARTS", 0),
+        restart_count=_env_int(os.environ, "TORCHELASTIC_RESTART_COUNT", 0),
+        max_restarts=_env_int(os.environ, "TORCHELASTIC_MAX_RESTARTS", 0),
     )
     if runtime.distributed and not dist.is_initialized():
-        if runtime.backend == "nccl" and not dist.is_nccl_available():
-            raise Error("this torch build has no NCCL for multi-GPU training; use --device cpu (gloo)")
-        if runtime.device.type == "cuda":
-            torch.cuda.set_device(runtime.device)
-        try:
-            dist.init_process_group(backend=runtime.backend, rank=rank, world_size=world_size)
-        except (RuntimeError, ValueError) as exc:  # DistNetworkError, DistStoreError, bad addresses
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            address = f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}"
-            raise Error(
-                f"rank {rank} could not join the {runtime.backend} process group at {address} ({reason}); "
-                "check that every node uses the same --master-addr/--rdzv-endpoint and that the port is free"
-            ) from None
+        _join_group(runtime, os.environ)
     return runtime
+
+
+def _join_group(runtime: Runtime, env: Mapping[str, str]) -> None:
+    """init_process_group through torchrun's env:// contract; a failure is one `Error`."""
+    if runtime.backend == "nccl" and not dist.is_nccl_available():
+        raise Error("this torch build has no NCCL for multi-GPU training; use --device cpu (gloo)")
+    if runtime.device.type == "cuda":
+        torch.cuda.set_device(runtime.device)  # before NCCL starts, or every rank opens cuda:0
+    try:
+        dist.init_process_group(backend=runtime.backend, rank=runtime.rank, world_size=runtime.world_size)
+    except (RuntimeError, ValueError) as exc:  # DistNetworkError, DistStoreError, bad addresses
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        advice = "check that every node uses the same --master-addr/--rdzv-endpoint and that the port is free"
+        if runtime.restart_count and env.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            # The agent's store outlives the failed attempt, keys and all (pytorch/pytorch#135712).
+            advice = (
+                f"on restart {runtime.restart_count}, torchrun's shared store may still hold the failed "
+                "workers' addresses; launch with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 and "
+                "--rdzv-backend c10d (docs/scaling.md)"
+            )
+        address = f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}"
+        raise Error(
+            f"rank {runtime.rank} could not join the {runtime.backend} process group at {address} "
+            f"({reason}); {advice}"
+        ) from None
 
 
 def teardown_runtime(runtime: Runtime) -> None:
