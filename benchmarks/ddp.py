@@ -65,7 +65,8 @@ def measure(processes: int | None, threads: int, train_args: list[str], window: 
     """img/s of one `resnetlab train` run (plain when `processes` is None), from its metrics.jsonl."""
     with tempfile.TemporaryDirectory(prefix="bench-ddp-") as tmp:
         run = Path(tmp) / "run"
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}  # per process
+        # Threads per process; TMPDIR catches the torchelastic_* folder torchrun leaves behind.
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TMPDIR": tmp}
         command = [*_launch(processes), "train", *train_args, "--log-every", str(window), "--out", str(run)]
         # Own session, so a timeout takes torchrun's workers down with it.
         proc = subprocess.Popen(

@@ -63,7 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         base = base or rate
         precision = "fp32" if amp == "none" else amp
         print(
-            ROW.format("resnet50", shape, "resident", precision, layout, f"{rate:.0f}", f"{rate / base:.2f}x")
+            ROW.format(
+                "resnet50", shape, "resident", precision, layout, f"{rate:.0f}", f"{rate / base:.2f}x"
+            ),
+            flush=True,
         )
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
 
@@ -88,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         label = f"loader w{workers}" if pipeline == "baseline" else "resident"
         precision = "fp32" if amp == "none" else amp
         print(
-            ROW.format("resnet20", "1x28x28", label, precision, layout, f"{rate:.0f}", f"{rate / base:.2f}x")
+            ROW.format("resnet20", "1x28x28", label, precision, layout, f"{rate:.0f}", f"{rate / base:.2f}x"),
+            flush=True,
         )
     return 0
 

@@ -186,7 +186,10 @@ def main(argv: list[str] | None = None) -> int:
         base = max(rate for rate, row in zip(rates, rows, strict=True) if row[0].startswith("loader"))
         for (pipeline, amp, layout, _), rate in zip(rows, rates, strict=True):
             precision = "fp32" if amp == "none" else amp
-            print(ROW.format(name, shape, pipeline, precision, layout, f"{rate:.0f}", f"{rate / base:.2f}x"))
+            print(
+                ROW.format(name, shape, pipeline, precision, layout, f"{rate:.0f}", f"{rate / base:.2f}x"),
+                flush=True,
+            )
     return 0
 
 

@@ -4,8 +4,8 @@ Two launchers with one environment contract (RANK, WORLD_SIZE, LOCAL_RANK, MASTE
 MASTER_PORT), so the code under test cannot tell them apart:
   spawn(fn, ...)     torch.multiprocessing: fn runs in each rank and returns tensors/containers;
   torchrun(args)     `python -m torch.distributed.run` on a command line, as users launch it.
-Everything listens on 127.0.0.1 only, runs one thread per rank (the CPU is shared), and is
-killed on the way out, so a failing test never leaves processes behind.
+Every address handed out is loopback (127.0.0.1), every rank runs one thread (the CPU is
+shared), and everything started is killed on the way out, so a failing test leaves no processes.
 """
 
 from __future__ import annotations
@@ -133,22 +133,26 @@ def quiet_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 def launched(
     command: Sequence[str], *, cwd: Path, env: dict[str, str] | None = None
 ) -> Iterator[subprocess.Popen]:
-    """Start `command` in its own process group; kill the whole group (workers too) on exit."""
-    proc = subprocess.Popen(
-        list(command),
-        cwd=cwd,
-        env=quiet_env(env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        yield proc
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
+    """Start `command` in its own process group; kill the whole group (workers too) on exit.
+
+    TMPDIR points at a folder removed afterwards: torchrun leaves a torchelastic_* folder there.
+    """
+    with tempfile.TemporaryDirectory(prefix="torchrun-") as scratch:
+        proc = subprocess.Popen(
+            list(command),
+            cwd=cwd,
+            env=quiet_env({"TMPDIR": scratch, **(env or {})}),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            yield proc
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
 
 
 def torchrun(

@@ -12,7 +12,7 @@ BN: the statistics of the whole grid batch are computed once (training mode) and
 (eval mode), so each point's gradient depends on that point only, with normalised activations.
 
 Presets:
-  quick  Fashion-MNIST, depths 20/56/110, 256 grid points, 4 lines (seconds on 2 CPU cores).
+  quick  Fashion-MNIST, depths 20/56/110, 256 grid points, 4 lines (about a minute on 2 CPU cores).
   paper  CIFAR-10, depths 20/32/44/56/110, 256 points over [-2, 2] as in [Balduzzi17], 16 lines.
 
 Writes: results.json, grid_gradients.png, autocorrelation.png, lag1_vs_depth.png, report.html.

@@ -9,7 +9,8 @@ evaluations and checkpoints happen at fixed step counts, so a resumed run makes 
 Everything rank-dependent goes through `Runtime`, so one process and `torchrun --nproc-per-node N`
 take the same path: each rank trains on its stride of the epoch's permutation with batch_size / N
 examples, DDP averages the gradients, evaluation counts are summed over ranks, and only rank 0
-writes files, prints and draws progress bars.
+writes files, prints and draws progress bars. A group that torchrun --max-restarts started again
+after a failure resumes its run directory from the latest checkpoint (`_same_run`).
 """
 
 from __future__ import annotations
