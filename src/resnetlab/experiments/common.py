@@ -52,6 +52,7 @@ class TrainSettings:
     steps: int = field(default=600, metadata={"help": "optimizer steps per net"})
     batch_size: int = field(default=32, metadata={"help": "examples per step"})
     lr: float = field(default=0.02, metadata={"help": "peak learning rate per step of --batch-size examples"})
+    augment: bool = field(default=True, metadata={"help": "the recipe's augmentation (off: none at all)"})
     amp: str = field(default="bf16", metadata={"help": "autocast dtype: bf16, fp16 (CUDA) or none"})
     seed: int = field(default=0, metadata={"help": "seed of the first run (init, subset, data order)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
@@ -69,8 +70,11 @@ def train_twin(
     """Train `arch`-`depth` (or the given `model`, built as it) with the settings `s`, writing
     nothing to disk; `overrides` are TrainConfig fields, e.g. eval_every."""
     name, kwargs = twin(arch, depth, **overrides.pop("model_kwargs", {}))
+    recipe = get_recipe(s.recipe)
+    if not s.augment:
+        recipe = dataclasses.replace(recipe, crop_padding=0, flip=False, erasing=0.0, mixup=0.0, cutmix=0.0)
     cfg = dataclasses.replace(
-        get_recipe(s.recipe),
+        recipe,
         model=name,
         model_kwargs=kwargs,
         data=s.data,
