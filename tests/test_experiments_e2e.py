@@ -130,7 +130,11 @@ class Chromium:
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  f"--user-data-dir={profile}", "--remote-debugging-pipe", "about:blank"]  # fmt: skip
         self.proc = subprocess.Popen(
-            [CHROMIUM, *flags], preexec_fn=fds_3_and_4, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            [CHROMIUM, *flags],
+            preexec_fn=fds_3_and_4,
+            pass_fds=(3, 4),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         os.close(to_child_r)
         os.close(from_child_w)
