@@ -108,7 +108,7 @@ def test_gradient_findings_follow_the_numbers() -> None:
     assert "plain-110's layers the gradient norm grows 1e+04x" in text
     assert "shrinks 4x from the last conv to the first (vanishing" in text
     flat = gradients.findings([prof("plain", 20, 1.2, 1), prof("resnet", 20, 0.9, 1),
-                               prof("plain", 110, 1.9, 1e-3), prof("resnet", 110, 0.6, 1e3)], cfg)[0]  # fmt: skip
+                               prof("plain", 110, 1.9, 1e-3), prof("resnet", 110, 0.6, 1e3)], cfg)[0]  # fmt: skip  # noqa: E501
     assert flat.count("within a factor of 2") == 2
     assert "plain nets (20: 1, 110: 0.001) shrinks 1e+03x" in flat and "exploding in size" in flat
 
