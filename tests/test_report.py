@@ -140,7 +140,10 @@ def test_reproduce_command_rebuilds_the_config(name: str) -> None:
     module = EXPERIMENTS[name]
     cls = type(module.PRESETS["quick"])
     fields = {f.name: getattr(module.PRESETS["paper"], f.name) for f in dataclasses.fields(cls)}
-    cfg = dataclasses.replace(module.PRESETS["quick"], **{**fields, "seed": 7, "data_dir": "/tmp/x y"})
+    changes = {**fields, "seed": 7, "data_dir": "/tmp/x y"}
+    if "augment" in fields:  # a bool flag the other way round: --no-augment
+        changes["augment"] = not module.PRESETS["quick"].augment
+    cfg = dataclasses.replace(module.PRESETS["quick"], **changes)
     command = command_for(name, "quick", module.PRESETS, cfg)
     parser = argparse.ArgumentParser()
     add_config_args(parser, cls, module.PRESETS)

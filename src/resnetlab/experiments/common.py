@@ -51,7 +51,7 @@ class TrainSettings:
     train_subset: int | None = field(default=4000, metadata={"help": "training images used (none: all)"})
     steps: int = field(default=600, metadata={"help": "optimizer steps per net"})
     batch_size: int = field(default=32, metadata={"help": "examples per step"})
-    lr: float = field(default=0.02, metadata={"help": "peak learning rate per step of --batch-size examples"})
+    lr: float = field(default=0.01, metadata={"help": "peak learning rate per step of --batch-size examples"})
     augment: bool = field(default=True, metadata={"help": "the recipe's augmentation (off: none at all)"})
     amp: str = field(default="bf16", metadata={"help": "autocast dtype: bf16, fp16 (CUDA) or none"})
     seed: int = field(default=0, metadata={"help": "seed of the first run (init, subset, data order)"})

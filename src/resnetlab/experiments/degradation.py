@@ -22,7 +22,10 @@ Writes: results.json (every curve of every seed), degradation.png, report.html.
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +59,9 @@ class DegradationConfig(TrainSettings):
     test_examples: int | None = field(default=2000, metadata={"help": "test images for the final error"})
     curve_evals: int = field(default=0, metadata={"help": "full test-set evaluations during training"})
     log_points: int = field(default=30, metadata={"help": "training-error points per curve"})
+    workers: int = field(
+        default=0, metadata={"help": "CPU only: trainings run at once, one thread each (0: one per core)"}
+    )
 
     def check(self) -> None:
         require(len(self.depths) >= 2, "--depths needs at least two depths to compare, e.g. 20,56")
@@ -64,6 +70,7 @@ class DegradationConfig(TrainSettings):
         )
         require(self.seeds >= 1 and self.steps > 0, "--seeds and --steps must be positive")
         require(self.curve_evals >= 0 and self.log_points >= 1, "--curve-evals >= 0, --log-points >= 1")
+        require(self.workers >= 0, "--workers must be >= 0 (0: one per CPU core)")
 
 
 PRESETS = {
@@ -90,7 +97,9 @@ def final_train_error(history: list[dict], steps: int) -> float:
     return sum(last) / len(last)
 
 
-def run(cfg: DegradationConfig, run_dir: Path) -> Outcome:
+def train_one(cfg: DegradationConfig, seed: int, arch: str, depth: int) -> dict:
+    """Train `arch`-`depth` with `seed`: its curves and its final train and test error."""
+    start = time.perf_counter()
     device = resolve_device(cfg.device)
     test, _ = fixed_batches(
         cfg.data,
@@ -100,58 +109,65 @@ def run(cfg: DegradationConfig, run_dir: Path) -> Outcome:
         device=device,
         seed=0,
         data_dir=cfg.data_dir,
-    )
-    curve = (
-        {"eval_splits": ("test",), "eval_every": max(1, cfg.steps // cfg.curve_evals)}
-        if cfg.curve_evals
-        else {}
-    )
-    runs = []
-    for seed in range(cfg.seed, cfg.seed + cfg.seeds):
-        for arch in ARCHS:
-            for depth in cfg.depths:
-                start = time.perf_counter()
-                result = train_twin(
-                    cfg,
-                    arch,
-                    depth,
-                    seed=seed,
-                    log_every=max(1, cfg.steps // cfg.log_points),
-                    **(curve or {"eval_splits": (), "val_size": 0}),
-                )
-                test_err = evaluate(result.model.to(device).eval(), test)[1]
-                train = [r for r in result.history if r["kind"] == "train"]
-                evals = [r for r in result.history if r["kind"] == "eval" and r["split"] == "test"]
-                runs.append(
-                    {
-                        "arch": arch,
-                        "depth": depth,
-                        "seed": seed,
-                        "train_steps": [r["step"] for r in train],
-                        "train_err": [r["err"] for r in train],
-                        "test_steps": [r["step"] for r in evals],
-                        "test_err": [r["err"] for r in evals],
-                        "final_train_err": final_train_error(result.history, cfg.steps),
-                        "final_test_err": test_err,
-                        "seconds": round(time.perf_counter() - start, 1),
-                    }
-                )
-                log.info(
-                    "degradation: %s seed %d: train error %.2f%%, test error %.2f%% (%.0f s)",
-                    label(arch, depth),
-                    seed,
-                    100 * runs[-1]["final_train_err"],
-                    100 * test_err,
-                    runs[-1]["seconds"],
-                )
+    )  # the same test images for every net and seed
+    if cfg.curve_evals:
+        evals = {"eval_splits": ("test",), "eval_every": max(1, cfg.steps // cfg.curve_evals)}
+    else:
+        evals = {"eval_splits": (), "val_size": 0}
+    log_every = max(1, cfg.steps // cfg.log_points)
+    result = train_twin(cfg, arch, depth, seed=seed, log_every=log_every, **evals)
+    test_err = evaluate(result.model.to(device).eval(), test)[1]
+    train = [r for r in result.history if r["kind"] == "train"]
+    curve = [r for r in result.history if r["kind"] == "eval" and r["split"] == "test"]
+    return {
+        "arch": arch,
+        "depth": depth,
+        "seed": seed,
+        "train_steps": [r["step"] for r in train],
+        "train_err": [r["err"] for r in train],
+        "test_steps": [r["step"] for r in curve],
+        "test_err": [r["err"] for r in curve],
+        "final_train_err": final_train_error(result.history, cfg.steps),
+        "final_test_err": test_err,
+        "test_examples": sum(len(y) for _, y in test),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def run(cfg: DegradationConfig, run_dir: Path) -> Outcome:
+    jobs = [(seed, arch, depth) for seed in range(cfg.seed, cfg.seed + cfg.seeds) for arch in ARCHS
+            for depth in cfg.depths]  # fmt: skip
+    if resolve_device(cfg.device).type == "cpu":
+        # One thread per training, `workers` trainings at a time: small convs use two cores better
+        # this way than one two-thread training, and the numbers do not depend on the core count.
+        workers = min(cfg.workers or os.cpu_count() or 1, len(jobs))
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=spawn, initializer=_one_thread) as pool:
+            futures = [pool.submit(train_one, cfg, *job) for job in jobs]
+            runs = [_logged(f.result()) for f in futures]
+    else:
+        runs = [_logged(train_one(cfg, *job)) for job in jobs]
     summary = summarize(runs, cfg)
-    results = {"test_examples": sum(len(y) for _, y in test), "runs": runs, "summary": summary}
+    results = {"test_examples": runs[0]["test_examples"], "runs": runs, "summary": summary}
     return Outcome(
         results=results,
         figures=_figures(runs, cfg, run_dir),
         tables=[headline_table(summary, cfg)],
         findings=findings(runs, summary, cfg),
     )
+
+
+def _logged(run: dict) -> dict:
+    log.info(
+        "degradation: %s seed %d: train error %.2f%%, test error %.2f%% (%.0f s)",
+        label(run["arch"], run["depth"]), run["seed"], 100 * run["final_train_err"],
+        100 * run["final_test_err"], run["seconds"],
+    )  # fmt: skip
+    return run
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
