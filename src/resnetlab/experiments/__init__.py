@@ -40,7 +40,7 @@ def get_experiment(name: str) -> ModuleType:
 
 
 def default_run_dir(name: str, root: Path = Path("runs")) -> Path:
-    """runs/NAME-YYYYmmdd-HHMMSS (local time), unique within the second."""
+    """runs/NAME-YYYYmmdd-HHMMSS, in local time."""
     return root / f"{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
 
 
@@ -55,9 +55,15 @@ def run_experiment(name: str, cfg: Any, *, preset: str, out: Path | None = None)
     run_dir = Path(out) if out is not None else default_run_dir(name)
     if (run_dir / RESULTS_FILE).exists():
         raise Error(f"{run_dir} already holds a run; pass another --out or remove it")
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     started, t0 = datetime.datetime.now().astimezone(), time.perf_counter()
-    outcome = module.run(cfg, run_dir)
+    try:
+        outcome = module.run(cfg, run_dir)
+    except BaseException:
+        if created and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # a run that failed before writing anything leaves nothing behind
+        raise
     record = RunRecord(
         experiment=name,
         title=module.TITLE,

@@ -33,8 +33,6 @@ def _field_kind(annotation: Any) -> tuple[type, bool, bool]:
 def _parse(text: str, scalar: type, is_tuple: bool, optional: bool) -> Any:
     if optional and text.lower() == "none":
         return None
-    if scalar is bool:
-        raise TypeError("bool fields use --flag/--no-flag")
     if is_tuple:
         return tuple(scalar(part) for part in text.split(",") if part.strip())
     return scalar(text)
@@ -63,7 +61,9 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, presets: dict[st
             help="named starting point; the flags below override single fields (default: quick)",
         )
     hints = typing.get_type_hints(cls)
-    group = parser.add_argument_group("config fields (default: the preset's value)" if presets else "options")
+    group = parser.add_argument_group(
+        "config fields (default: the preset's value)" if presets else "settings"
+    )
     for field in dataclasses.fields(cls):
         scalar, is_tuple, optional = _field_kind(hints[field.name])
         help_text = field.metadata.get("help", "")

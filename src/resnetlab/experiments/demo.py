@@ -1,7 +1,7 @@
 """`resnetlab demo` (= `make demo`): the quick `degradation` and `gradients` experiments on
 Fashion-MNIST, one combined report, and the headline table printed.
 
-Budget: under 10 minutes on a quiet 2-core CPU with the default 3 seeds.
+Takes about 6 minutes on a quiet 2-core CPU with the default 3 seeds (the budget is 10).
 """
 
 from __future__ import annotations

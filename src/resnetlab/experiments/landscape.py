@@ -14,8 +14,8 @@ set of training images, cut into fixed batches.
 
 Presets:
   quick  Fashion-MNIST, depth 56 (the depth where [Li18] Fig. 5 shows the plain net's surface turn
-         chaotic), 600 training steps of 32 on 4000 images, a 9x9 grid and 21 1-D points over
-         [-1, 1] on 256 training images (about six CPU-minutes).
+         chaotic), 400 training steps of 32 on 2700 images, a 9x9 grid and 21 1-D points over
+         [-1, 1] on 256 training images (under 4 minutes on 2 CPU cores).
   paper  CIFAR-10, depth 56 [Li18 Fig. 5], the [He15] recipe, a 51x51 grid and 101 1-D points
          on 10k training images.
 
