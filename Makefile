@@ -42,10 +42,10 @@ demo: data
 	$(PY) -m resnetlab demo
 
 test: data browser
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 -m "not slow" $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadgroup -m "not slow" $(PYTEST_ARGS)
 
 test-slow: data browser
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 -m slow $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadgroup -m slow $(PYTEST_ARGS)
 
 bench: data
 	$(PY) -m benchmarks

@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,26 +31,17 @@ import torch
 ROW = "{:<10} {:>9} {:>14} {:>12} {:>9} {:>11} {:>12}"
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(processes: int | None) -> list[str]:
-    """The launcher prefix: none for the plain run, else torchrun on loopback."""
+    """The launcher prefix: none for the plain run, else one-node torchrun (a store on a free port)."""
     if processes is None:
         return [sys.executable, "-m", "resnetlab"]
     return [
         sys.executable,
         "-m",
         "torch.distributed.run",
+        "--standalone",
         "--nproc-per-node",
         str(processes),
-        "--master-addr",
-        "127.0.0.1",
-        "--master-port",
-        str(_free_port()),
         "-m",
         "resnetlab",
     ]

@@ -19,8 +19,10 @@ import os
 
 import torch
 
-from benchmarks.throughput import ROW, measure, synthetic
+from benchmarks.throughput import measure, synthetic
 from resnetlab.data import load_dataset
+
+ROW = "{:<9} {:<9} {:<10} {:<9} {:<14} {:>7} {:>11}"  # one timed run per row, ratios to the first
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,14 +11,19 @@ Every row runs the same SGD step (forward, fp32 loss, backward, Nesterov SGD); o
 pipeline, the precision and the memory layout differ. resnet20 and resnet56 train on real
 Fashion-MNIST (1x28x28); resnet50 on synthetic 3x224x224 images, since ImageNet is not here.
 
+Rows are measured in interleaved rounds (every row once, then again, `--repeats` times) and each
+row reports its median and the range of its rounds, so a burst of load from elsewhere hits all
+rows alike instead of one; the ratios are of medians.
+
     python -m benchmarks.throughput                       # the default set, a few minutes on 2 cores
-    python -m benchmarks.throughput --steps 60 --models resnet20 --batch-size 256
+    python -m benchmarks.throughput --steps 60 --models resnet20 --batch-size 256 --repeats 5
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
 
 import torch
@@ -38,7 +43,7 @@ DEFAULT_MODELS = {
     "resnet56": ("fashion-mnist", 128, 12),
     "resnet50": ("synthetic-224", 16, 3),
 }
-ROW = "{:<9} {:<9} {:<10} {:<9} {:<14} {:>7} {:>11}"
+ROW = "{:<9} {:<9} {:<10} {:<9} {:<14} {:>7} {:>11} {:>12}"
 # (autocast, memory layout) of the resnetlab rows; autocast "none" is plain fp32.
 VARIANTS = [("none", "NCHW"), ("none", "channels_last"), ("bf16", "NCHW"), ("bf16", "channels_last")]
 
@@ -152,12 +157,18 @@ def main(argv: list[str] | None = None) -> int:
         default="0,2",
         help="DataLoader worker counts of the baseline rows; ratios are to the fastest (default: 0,2)",
     )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="interleaved rounds per row; reports the median (default: 3)"
+    )
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     threads = torch.get_num_threads()
     print(f"training throughput, CPU, {threads} threads, torch {torch.__version__}, load average {load:.1f}")
-    header = ROW.format("model", "input", "pipeline", "precision", "layout", "img/s", "vs baseline")
+    print(f"median of {args.repeats} interleaved rounds per row; range = slowest-fastest round")
+    header = ROW.format("model", "input", "pipeline", "precision", "layout", "img/s", "vs baseline", "range")
     print(header)
     print("-" * len(header))
     for name in args.models.split(","):
@@ -170,24 +181,32 @@ def main(argv: list[str] | None = None) -> int:
         shape = "x".join(map(str, (data.in_chans, data.image_size, data.image_size)))
         rows = [(f"loader w{w}", "none", "NCHW", int(w)) for w in args.baseline_workers.split(",")]
         rows += [("resnetlab", amp, layout, 0) for amp, layout in VARIANTS]
-        rates = [
-            measure(
-                name,
-                data,
-                batch_size,
-                steps,
-                pipeline="baseline" if pipeline.startswith("loader") else "resnetlab",
-                amp=amp,
-                layout=layout,
-                workers=workers,
-            )
-            for pipeline, amp, layout, workers in rows
+        rounds = [
+            [
+                measure(
+                    name,
+                    data,
+                    batch_size,
+                    steps,
+                    pipeline="baseline" if pipeline.startswith("loader") else "resnetlab",
+                    amp=amp,
+                    layout=layout,
+                    workers=workers,
+                )
+                for pipeline, amp, layout, workers in rows
+            ]
+            for _ in range(args.repeats)
         ]
-        base = max(rate for rate, row in zip(rates, rows, strict=True) if row[0].startswith("loader"))
-        for (pipeline, amp, layout, _), rate in zip(rows, rates, strict=True):
+        per_row = [sorted(rates) for rates in zip(*rounds, strict=True)]
+        medians = [statistics.median(rates) for rates in per_row]
+        base = max(rate for rate, row in zip(medians, rows, strict=True) if row[0].startswith("loader"))
+        for (pipeline, amp, layout, _), rate, rates in zip(rows, medians, per_row, strict=True):
             precision = "fp32" if amp == "none" else amp
+            spread = f"{rates[0]:.0f}-{rates[-1]:.0f}"
             print(
-                ROW.format(name, shape, pipeline, precision, layout, f"{rate:.0f}", f"{rate / base:.2f}x"),
+                ROW.format(
+                    name, shape, pipeline, precision, layout, f"{rate:.0f}", f"{rate / base:.2f}x", spread
+                ),
                 flush=True,
             )
     return 0

@@ -4,8 +4,9 @@ Two launchers with one environment contract (RANK, WORLD_SIZE, LOCAL_RANK, MASTE
 MASTER_PORT), so the code under test cannot tell them apart:
   spawn(fn, ...)     torch.multiprocessing: fn runs in each rank and returns tensors/containers;
   torchrun(args)     `python -m torch.distributed.run` on a command line, as users launch it.
-Every address handed out is loopback (127.0.0.1), every rank runs one thread (the CPU is
-shared), and everything started is killed on the way out, so a failing test leaves no processes.
+Every address is loopback (spawn: 127.0.0.1; torchrun: --standalone on localhost), every rank
+runs one thread (the CPU is shared), and everything started is killed on the way out, so a
+failing test leaves no processes.
 """
 
 from __future__ import annotations
@@ -95,23 +96,18 @@ def spawn(fn: Callable[..., Any], *args: Any, world_size: int = 2, timeout: floa
         return [torch.load(Path(out) / f"rank{r}.pt", weights_only=True) for r in range(world_size)]
 
 
-def torchrun_command(
-    args: Sequence[str], *, nproc: int = 2, launcher: Sequence[str] = (), rendezvous: str = "static"
-) -> list[str]:
-    """The torchrun command line on loopback. rendezvous "static": --master-addr/--master-port;
-    "c10d": --rdzv-backend c10d, which (with RESTARTABLE in the environment) gives each restart
-    a fresh store; see docs/scaling.md, "Fault tolerance"."""
-    where = {
-        "static": ["--master-addr", LOOPBACK, "--master-port", str(free_port())],
-        "c10d": ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"{LOOPBACK}:{free_port()}"],
-    }[rendezvous]
+def torchrun_command(args: Sequence[str], *, nproc: int = 2, launcher: Sequence[str] = ()) -> list[str]:
+    """The one-node torchrun command line: `--standalone`, a c10d rendezvous whose store the agent
+    binds to a free port itself. Picking a port here and handing it over would leave a window in
+    which another process (a concurrent test's gloo pairs) can take it. With RESTARTABLE in the
+    environment each restart gets a fresh store; see docs/scaling.md, "Fault tolerance"."""
     return [
         sys.executable,
         "-m",
         "torch.distributed.run",
+        "--standalone",
         "--nproc-per-node",
         str(nproc),
-        *where,
         *launcher,
         *args,
     ]

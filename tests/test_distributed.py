@@ -23,6 +23,11 @@ from resnetlab.models import create_model
 from resnetlab.train.distributed import Runtime, setup_runtime, teardown_runtime, unwrap
 from resnetlab.train.evaluate import evaluate
 
+# Both modules start real process groups (2 ranks, plus torchrun's agent); on one xdist worker
+# (`--dist loadgroup`) they run one group at a time instead of oversubscribing 2 cores with 4-6
+# processes, and their module fixtures (the reference runs) are built once, not once per worker.
+pytestmark = pytest.mark.xdist_group("process-groups")
+
 WORLD = 2
 GLOBAL_BATCH = 16
 STEPS = 4

@@ -21,9 +21,20 @@ def test_throughput_table(benchmarks, capsys):
     from benchmarks import throughput
 
     argv = ["--models", "resnet20", "--steps", "1", "--batch-size", "8", "--baseline-workers", "0"]
-    assert throughput.main(argv) == 0
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("resnet20")]
-    assert len(rows) == 5 and rows[0].split()[2:4] == ["loader", "w0"] and rows[0].endswith("1.00x")
+    assert throughput.main([*argv, "--repeats", "2"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("resnet20")]
+    assert len(rows) == 5 and rows[0][2:4] == ["loader", "w0"] and rows[0][-2] == "1.00x"
+    for row in rows:  # the median lies in the range of the rounds
+        low, high = map(float, row[-1].split("-"))
+        assert low <= float(row[-3]) <= high
+
+
+def test_throughput_rejects_zero_repeats(benchmarks, capsys):
+    from benchmarks import throughput
+
+    with pytest.raises(SystemExit) as exit_info:
+        throughput.main(["--repeats", "0"])
+    assert exit_info.value.code == 2 and "--repeats must be at least 1" in capsys.readouterr().err
 
 
 def test_gpu_script_runs_on_the_cpu(benchmarks, capsys):

@@ -29,6 +29,11 @@ from resnetlab.train.commands import config_from_args
 from resnetlab.train.evaluate import evaluate_checkpoint
 from resnetlab.train.rundir import read_metrics
 
+# Both modules start real process groups (2 ranks, plus torchrun's agent); on one xdist worker
+# (`--dist loadgroup`) they run one group at a time instead of oversubscribing 2 cores with 4-6
+# processes, and their module fixtures (the reference runs) are built once, not once per worker.
+pytestmark = pytest.mark.xdist_group("process-groups")
+
 FLAGS = [
     "--recipe", "fast",
     "--model", "cifar_resnet",
@@ -117,6 +122,11 @@ def _rank_logs(logs: Path, attempt: int, rank: int) -> tuple[str, str]:
     return (folder / "stdout.log").read_text(), (folder / "stderr.log").read_text()
 
 
+def _workers_stderr(logs: Path) -> str:
+    """The end of every worker's stderr: why a rank failed, for the assertion message."""
+    return "".join(f"\n--- {f}\n{f.read_text()[-2000:]}" for f in sorted(logs.rglob("stderr.log")))
+
+
 def _measured(record: dict) -> dict:
     """A metrics record's numbers that depend on the weights: loss, err, top5_err (and lr)."""
     return {k: v for k, v in record.items() if k not in ("kind", "split", "step", "epoch", "img_per_s")}
@@ -128,7 +138,7 @@ def resumed(single, tmp_path_factory) -> Path:
     cwd = tmp_path_factory.mktemp("resumed")
     shutil.copytree(single["half"], cwd / "run")
     done = torchrun([*TRAIN, "--resume", "run"], cwd=cwd, launcher=LOGS, timeout=180)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, done.stderr[-1500:] + _workers_stderr(cwd / "logs")
     return cwd
 
 
@@ -162,9 +172,7 @@ def test_distributed_eval_equals_single_process_eval_of_the_same_checkpoint(resu
 
 @pytest.mark.skipif(not Path("/proc/self/environ").is_file(), reason="finds the workers through Linux /proc")
 def test_a_killed_worker_restarts_the_group_which_resumes_and_finishes(single, tmp_path):
-    command = torchrun_command(
-        [*TRAIN, *FLAGS, "--out", "run"], launcher=["--max-restarts", "1", *LOGS], rendezvous="c10d"
-    )
+    command = torchrun_command([*TRAIN, *FLAGS, "--out", "run"], launcher=["--max-restarts", "1", *LOGS])
     with launched(command, cwd=tmp_path, env=RESTARTABLE) as agent:
         deadline = time.monotonic() + 120
         while not list((tmp_path / "run").glob("checkpoint-*")):  # renamed into place when complete
@@ -172,7 +180,7 @@ def test_a_killed_worker_restarts_the_group_which_resumes_and_finishes(single, t
             time.sleep(0.02)
         os.kill(worker_pids(agent.pid)[1], signal.SIGKILL)  # rank 1, mid-run
         _, launcher_log = agent.communicate(timeout=180)
-    assert agent.returncode == 0, launcher_log[-3000:]
+    assert agent.returncode == 0, launcher_log[-1500:] + _workers_stderr(tmp_path / "logs")
     _, restarted = _rank_logs(tmp_path / "logs", 1, 0)
     assert "restart 1 of 1: resuming run from checkpoint-" in restarted
     resumed_from = int(restarted.split("checkpoint-")[1].split()[0])

@@ -49,6 +49,7 @@ def load_dataset(
     val_size: int = 0,
     seed: int = 0,
     strict: bool = False,
+    image_size: int = 0,
 ) -> ImageArrays | FolderDataset:
     """One split of a data set: "train" (the training part minus the val hold-out), "val" or "test".
 
@@ -56,13 +57,17 @@ def load_dataset(
     (decoded on the fly, `FolderDataset`). val: `val_size` training examples held out at random
     by `seed`, as the paper's 45k/5k CIFAR split [He15 §4.2]. Normalisation statistics come from
     the train split. strict: an unreadable image in a folder is an error instead of skipped.
+    image_size: a folder's crop side in pixels (0: 224); the other data sets have a fixed size.
     """
     if split not in SPLITS:
         raise Error(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
     if name.startswith("imagefolder:"):
+        folder = Path(name.removeprefix("imagefolder:"))
         return load_folder(
-            Path(name.removeprefix("imagefolder:")), split, val_size=val_size, seed=seed, strict=strict
+            folder, split, val_size=val_size, seed=seed, strict=strict, image_size=image_size or 224
         )
+    if image_size:
+        raise Error(f"an image size applies to imagefolder:PATH data; {name} images have a fixed size")
     data = published(name, data_dir, download=download)
     if split == "val" and val_size == 0:
         raise Error(

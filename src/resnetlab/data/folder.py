@@ -181,7 +181,7 @@ def estimate_stats(
 
 
 def load_folder(
-    root: Path, split: str, *, val_size: int = 0, seed: int = 0, strict: bool = False
+    root: Path, split: str, *, val_size: int = 0, seed: int = 0, strict: bool = False, image_size: int = 224
 ) -> FolderDataset:
     """`split` of an ImageNet-layout folder: train/ minus the hold-out, the hold-out, or val/.
 
@@ -209,4 +209,6 @@ def load_folder(
         if extra := sorted({e.name for e in os.scandir(root / "val") if e.is_dir()} - set(classes)):
             raise Error(f"{root / 'val'} has class folders that train/ lacks: {', '.join(extra[:5])}")
         paths, labels = _scan(root, "val", classes)
-    return FolderDataset(root, paths, labels, classes, mean=mean, std=std, strict=strict)
+    return FolderDataset(
+        root, paths, labels, classes, mean=mean, std=std, image_size=image_size, strict=strict
+    )

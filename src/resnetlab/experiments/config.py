@@ -10,44 +10,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import shlex
-import types
-import typing
 from typing import Any, TypeVar
 
 from resnetlab.errors import Error
+from resnetlab.flags import add_field_flags, flag, format_value, given_fields
 
 C = TypeVar("C")
-
-
-def _field_kind(annotation: Any) -> tuple[type, bool, bool]:
-    """(scalar type, is a tuple, may be None) for the annotations experiment configs use."""
-    optional = False
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        optional, annotation = True, args[0]
-    if typing.get_origin(annotation) is tuple:
-        return typing.get_args(annotation)[0], True, optional
-    return annotation, False, optional
-
-
-def _parse(text: str, scalar: type, is_tuple: bool, optional: bool) -> Any:
-    if optional and text.lower() == "none":
-        return None
-    if is_tuple:
-        return tuple(scalar(part) for part in text.split(",") if part.strip())
-    return scalar(text)
-
-
-def _format(value: Any) -> str:
-    if value is None:
-        return "none"
-    if isinstance(value, tuple):
-        return ",".join(str(v) for v in value)
-    return str(value)
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
 
 
 def add_config_args(parser: argparse.ArgumentParser, cls: type, presets: dict[str, Any] | None) -> None:
@@ -60,48 +28,23 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, presets: dict[st
             default="quick",
             help="named starting point; the flags below override single fields (default: quick)",
         )
-    hints = typing.get_type_hints(cls)
     group = parser.add_argument_group(
         "config fields (default: the preset's value)" if presets else "settings"
     )
-    for field in dataclasses.fields(cls):
-        scalar, is_tuple, optional = _field_kind(hints[field.name])
-        help_text = field.metadata.get("help", "")
-        if presets:
-            shown = ", ".join(f"{name}: {_format(getattr(p, field.name))}" for name, p in presets.items())
-            help_text += f" [{shown}]"
-        if scalar is bool:
-            group.add_argument(
-                _flag(field.name),
-                dest=field.name,
-                action=argparse.BooleanOptionalAction,
-                default=argparse.SUPPRESS,
-                help=help_text,
-            )
-            continue
-        metavar = ("A,B,..." if is_tuple else scalar.__name__.upper()) + ("|none" if optional else "")
 
-        def convert(
-            text: str, s: type = scalar, t: bool = is_tuple, o: bool = optional, m: str = metavar
-        ) -> Any:
-            try:
-                return _parse(text, s, t, o)
-            except ValueError:
-                raise argparse.ArgumentTypeError(f"expected {m}, got {text!r}") from None
+    def help_for(field: dataclasses.Field) -> str:
+        text = field.metadata.get("help", "")
+        if not presets:
+            return text
+        shown = ", ".join(f"{name}: {format_value(getattr(p, field.name))}" for name, p in presets.items())
+        return f"{text} [{shown}]"
 
-        group.add_argument(
-            _flag(field.name),
-            dest=field.name,
-            type=convert,
-            default=argparse.SUPPRESS,  # absent from the namespace unless given: None is a value
-            metavar=metavar,
-            help=help_text,
-        )
+    add_field_flags(group, cls, help_for)
 
 
 def config_from_args(base: C, args: argparse.Namespace) -> C:
     """`base` (a preset) with every flag the user gave applied, checked."""
-    changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(base) if hasattr(args, f.name)}  # type: ignore[arg-type]
+    changes = given_fields(type(base), args)
     return validated(dataclasses.replace(base, **changes))  # type: ignore[type-var]
 
 
@@ -122,9 +65,9 @@ def command_for(experiment: str, preset: str, presets: dict[str, Any], cfg: Any)
         if value == getattr(base, field.name):
             continue
         if isinstance(value, bool):
-            parts.append(_flag(field.name) if value else "--no-" + field.name.replace("_", "-"))
+            parts.append(flag(field.name) if value else "--no-" + field.name.replace("_", "-"))
         else:
-            parts += [_flag(field.name), _format(value)]
+            parts += [flag(field.name), format_value(value)]
     return shlex.join(parts)
 
 

@@ -1,9 +1,8 @@
 """`resnetlab train`, `resnetlab eval` and `resnetlab predict`.
 
-`train` has one flag per TrainConfig field, generated from the dataclass: the field's type gives
-the parser (bools are --x/--no-x, tuples and model kwargs are comma-separated, `none` clears an
-optional field) and its metadata gives the help. `--recipe` picks the starting point; the flags a
-user types override single fields of it, and nothing else does.
+`train` has one flag per TrainConfig field, generated from the dataclass by `resnetlab.flags`.
+`--recipe` picks the starting point; the flags a user types override single fields of it, and
+nothing else does.
 """
 
 from __future__ import annotations
@@ -13,12 +12,10 @@ import dataclasses
 import re
 import textwrap
 import time
-import types
-import typing
 from pathlib import Path
-from typing import Any
 
 from resnetlab.errors import Error
+from resnetlab.flags import add_field_flags, format_value, given_fields
 from resnetlab.train.config import RECIPES, RESUME_MAY_CHANGE, TrainConfig, get_recipe, list_recipes
 from resnetlab.train.distributed import setup_runtime, teardown_runtime
 from resnetlab.train.engine import fit
@@ -93,93 +90,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pr.set_defaults(func=run_predict)
 
 
-def _field_kind(annotation: Any) -> tuple[Any, bool]:
-    """(the annotation without `| None`, whether None is allowed)."""
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return args[0], True
-    return annotation, False
-
-
-def _scalar(text: str) -> Any:
-    """A model kwarg value: int, float, true/false, else the string itself (so norm=none stays "none")."""
-    for parse in (int, float):
-        try:
-            return parse(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text.lower(), text)
-
-
-def _parser_for(annotation: Any) -> tuple[Any, str]:
-    """(text -> value, metavar) for a TrainConfig field type."""
-    kind, optional = _field_kind(annotation)
-    if typing.get_origin(kind) is tuple:
-        item = typing.get_args(kind)[0]
-
-        def parse(text: str) -> Any:
-            return tuple(item(part.strip()) for part in text.split(",") if part.strip())
-
-        metavar = "A,B,..."
-    elif typing.get_origin(kind) is dict:
-
-        def parse(text: str) -> Any:
-            pairs = [part.split("=", 1) for part in text.split(",") if part.strip()]
-            if any(len(pair) != 2 for pair in pairs):
-                raise ValueError(text)
-            return {key.strip(): _scalar(value.strip()) for key, value in pairs}
-
-        metavar = "KEY=VALUE,..."
-    else:
-        parse, metavar = kind, kind.__name__.upper()
-
-    def convert(text: str) -> Any:
-        if optional and text.lower() == "none":
-            return None
-        try:
-            return parse(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {metavar}, got {text!r}") from None
-
-    return convert, metavar + ("|none" if optional else "")
-
-
-def _shown(value: Any) -> str:
-    if value is None:
-        return "none"
-    if isinstance(value, tuple):
-        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
-    if isinstance(value, dict):
-        return ",".join(f"{k}={v}" for k, v in value.items()) or "{}"
-    return str(value)
-
-
 def _add_config_flags(group: argparse._ArgumentGroup) -> None:
-    """One flag per TrainConfig field. Unset flags stay out of the namespace (SUPPRESS), so the
-    recipe's value holds and `run_train` can tell exactly which fields the user set."""
-    hints = typing.get_type_hints(TrainConfig)
+    """One flag per TrainConfig field (resnetlab.flags); the help shows the default recipe's value.
+    Unset flags stay out of the namespace, so the recipe's value holds and `run_train` can tell
+    exactly which fields the user set."""
     shown = RECIPES[DEFAULT_RECIPE]
-    for field in dataclasses.fields(TrainConfig):
-        flag = "--" + field.name.replace("_", "-")
-        help_text = f"{field.metadata['help']} [{_shown(getattr(shown, field.name))}]"
+
+    def help_for(field: dataclasses.Field) -> str:
         if field.name == "out":
-            help_text = f"{field.metadata['help']} [{RUNS_DIR}/MODEL-DATA-TIME]"
-        if hints[field.name] is bool:
-            group.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
-            )
-            continue
-        convert, metavar = _parser_for(hints[field.name])
-        if "choices" in field.metadata:
-            metavar = "{" + ",".join(field.metadata["choices"]) + "}"
-        group.add_argument(
-            flag,
-            type=convert,
-            metavar=metavar,
-            choices=field.metadata.get("choices"),
-            default=argparse.SUPPRESS,
-            help=help_text,
-        )
+            return f"{field.metadata['help']} [{RUNS_DIR}/MODEL-DATA-TIME]"
+        return f"{field.metadata['help']} [{format_value(getattr(shown, field.name), short=True)}]"
+
+    add_field_flags(group, TrainConfig, help_for)
 
 
 def _train_epilog() -> str:
@@ -188,7 +110,7 @@ def _train_epilog() -> str:
     for name in list_recipes():
         recipe = RECIPES[name]
         changed = [
-            f"{f.name}={_shown(getattr(recipe, f.name))}"
+            f"{f.name}={format_value(getattr(recipe, f.name), short=True)}"
             for f in dataclasses.fields(TrainConfig)
             if getattr(recipe, f.name) != getattr(base, f.name)
         ]
@@ -214,9 +136,13 @@ def default_run_dir(cfg: TrainConfig) -> str:
 
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
     """(the config to train, whether it resumes) from the recipe or RUN_DIR plus the flags given."""
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    given = given_fields(TrainConfig, args)
     if args.resume is None:
         cfg = dataclasses.replace(get_recipe(args.recipe or DEFAULT_RECIPE), **given)
+        if cfg.data.startswith("imagefolder:") and "crop_padding" not in given:
+            # The small-image recipes pad and crop; folders take random-resized crops instead. Only
+            # a --crop-padding the user typed is a contradiction worth an error (TrainConfig.check).
+            cfg = dataclasses.replace(cfg, crop_padding=0)
         if "out" not in given:
             cfg = dataclasses.replace(cfg, out=default_run_dir(cfg))
         return cfg, False

@@ -409,7 +409,13 @@ def _load_splits(cfg: TrainConfig) -> dict[str, Any]:
         raise Error(
             f"--data-dir {cfg.data_dir} is not a directory; fix the path or create it to download into"
         )
-    kw = dict(data_dir=cfg.data_dir, val_size=cfg.val_size, seed=cfg.seed, strict=cfg.strict)
+    kw = dict(
+        data_dir=cfg.data_dir,
+        val_size=cfg.val_size,
+        seed=cfg.seed,
+        strict=cfg.strict,
+        image_size=cfg.image_size,
+    )
     train = load_dataset(cfg.data, "train", **kw)
     if cfg.train_subset is not None:
         if cfg.train_subset > len(train):

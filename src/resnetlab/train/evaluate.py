@@ -143,8 +143,11 @@ def evaluate_checkpoint(
     model, meta = load_model(weights, dev)
     require_meta(meta, ("data", "val_size", "seed"), weights)
     data = data or meta["data"]
+    # A folder is cropped to the size the model trained at; the other data sets have one size.
+    size = meta.get("image_size", 0) if data.startswith("imagefolder:") else 0
+    val_size = meta["val_size"] if split == "val" else 0
     dataset = load_dataset(
-        data, split, data_dir=data_dir, val_size=meta["val_size"] if split == "val" else 0, seed=meta["seed"]
+        data, split, data_dir=data_dir, val_size=val_size, seed=meta["seed"], image_size=size
     )
     if dataset.num_classes != meta["num_classes"] or dataset.in_chans != meta["in_chans"]:
         raise Error(
