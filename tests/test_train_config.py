@@ -18,8 +18,11 @@ from resnetlab.train.optim import LRSchedule, build_optimizer, count_weighted_la
 
 
 @pytest.mark.parametrize("name", list_recipes())
-def test_every_recipe_passes_its_own_check(name):
-    get_recipe(name).check()
+def test_every_recipe_passes_its_own_check_and_is_handed_out_as_a_copy(name):
+    recipe = get_recipe(name)
+    recipe.check()  # raises resnetlab's Error for fields that contradict each other
+    recipe.model_kwargs["extra"] = 1  # changing the copy leaves the registered recipe alone
+    assert "extra" not in RECIPES[name].model_kwargs and get_recipe(name) == RECIPES[name]
 
 
 def test_paper_recipes_match_he15():
