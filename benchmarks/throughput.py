@@ -179,19 +179,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             data = load_dataset(data_name, "train")
         shape = "x".join(map(str, (data.in_chans, data.image_size, data.image_size)))
-        rows = [(f"loader w{w}", "none", "NCHW", int(w)) for w in args.baseline_workers.split(",")]
+        # (pipeline, autocast, layout, DataLoader workers): the baselines, then resnetlab's variants.
+        rows = [("baseline", "none", "NCHW", int(w)) for w in args.baseline_workers.split(",")]
         rows += [("resnetlab", amp, layout, 0) for amp, layout in VARIANTS]
         rounds = [
             [
                 measure(
-                    name,
-                    data,
-                    batch_size,
-                    steps,
-                    pipeline="baseline" if pipeline.startswith("loader") else "resnetlab",
-                    amp=amp,
-                    layout=layout,
-                    workers=workers,
+                    name, data, batch_size, steps, pipeline=pipeline, amp=amp, layout=layout, workers=workers
                 )
                 for pipeline, amp, layout, workers in rows
             ]
@@ -199,13 +193,14 @@ def main(argv: list[str] | None = None) -> int:
         ]
         per_row = [sorted(rates) for rates in zip(*rounds, strict=True)]
         medians = [statistics.median(rates) for rates in per_row]
-        base = max(rate for rate, row in zip(medians, rows, strict=True) if row[0].startswith("loader"))
-        for (pipeline, amp, layout, _), rate, rates in zip(rows, medians, per_row, strict=True):
+        base = max(rate for rate, row in zip(medians, rows, strict=True) if row[0] == "baseline")
+        for (pipeline, amp, layout, workers), rate, rates in zip(rows, medians, per_row, strict=True):
+            shown = f"loader w{workers}" if pipeline == "baseline" else pipeline
             precision = "fp32" if amp == "none" else amp
             spread = f"{rates[0]:.0f}-{rates[-1]:.0f}"
             print(
                 ROW.format(
-                    name, shape, pipeline, precision, layout, f"{rate:.0f}", f"{rate / base:.2f}x", spread
+                    name, shape, shown, precision, layout, f"{rate:.0f}", f"{rate / base:.2f}x", spread
                 ),
                 flush=True,
             )

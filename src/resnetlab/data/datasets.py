@@ -8,7 +8,7 @@ from pathlib import Path
 
 from resnetlab.data import cifar, mnist
 from resnetlab.data.arrays import ImageArrays, Published, channel_histogram, histogram_stats, split_indices
-from resnetlab.data.folder import FolderDataset, load_folder
+from resnetlab.data.folder import DEFAULT_IMAGE_SIZE, FolderDataset, load_folder
 from resnetlab.data.sources import SOURCES
 from resnetlab.errors import Error
 
@@ -64,7 +64,12 @@ def load_dataset(
     if name.startswith("imagefolder:"):
         folder = Path(name.removeprefix("imagefolder:"))
         return load_folder(
-            folder, split, val_size=val_size, seed=seed, strict=strict, image_size=image_size or 224
+            folder,
+            split,
+            val_size=val_size,
+            seed=seed,
+            strict=strict,
+            image_size=image_size or DEFAULT_IMAGE_SIZE,
         )
     if image_size:
         raise Error(f"an image size applies to imagefolder:PATH data; {name} images have a fixed size")

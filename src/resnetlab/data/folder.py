@@ -33,6 +33,9 @@ class UnreadableImage(Error):
     """A file Pillow cannot decode: truncated, corrupt, not an image, or too large."""
 
 
+DEFAULT_IMAGE_SIZE = 224  # pixels, the crop side of ImageNet training and evaluation
+
+
 class FolderDataset(Dataset):
     """One split of an image folder: item i is ((3, S, S) uint8 tensor, label) at evaluation view.
 
@@ -49,7 +52,7 @@ class FolderDataset(Dataset):
         *,
         mean: tuple[float, ...],
         std: tuple[float, ...],
-        image_size: int = 224,
+        image_size: int = DEFAULT_IMAGE_SIZE,
         strict: bool = False,
     ) -> None:
         self.root = Path(root)
@@ -181,7 +184,13 @@ def estimate_stats(
 
 
 def load_folder(
-    root: Path, split: str, *, val_size: int = 0, seed: int = 0, strict: bool = False, image_size: int = 224
+    root: Path,
+    split: str,
+    *,
+    val_size: int = 0,
+    seed: int = 0,
+    strict: bool = False,
+    image_size: int = DEFAULT_IMAGE_SIZE,
 ) -> FolderDataset:
     """`split` of an ImageNet-layout folder: train/ minus the hold-out, the hold-out, or val/.
 
