@@ -20,12 +20,22 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddp_harness import RESTARTABLE, drift, launched, one_thread, torchrun, torchrun_command, worker_pids
+from ddp_harness import (
+    RESTARTABLE,
+    drift,
+    launched,
+    one_thread,
+    spawn,
+    torchrun,
+    torchrun_command,
+    worker_pids,
+)
 from resnetlab.cli import build_parser, main
 from resnetlab.models import create_model
 from resnetlab.train import TrainConfig, fit
 from resnetlab.train.checkpoint import EMA_FILE, MODEL_FILE, latest_checkpoint, load_model, load_weights
 from resnetlab.train.commands import config_from_args
+from resnetlab.train.distributed import setup_runtime, teardown_runtime
 from resnetlab.train.evaluate import evaluate_checkpoint
 from resnetlab.train.rundir import read_metrics
 
@@ -193,6 +203,37 @@ def test_a_killed_worker_restarts_the_group_which_resumes_and_finishes(single, t
     steps = [(r["kind"], r["step"]) for r in read_metrics(tmp_path / "run")]
     assert steps == [(r["kind"], r["step"]) for r in read_metrics(single["whole"])]
     assert json.loads((tmp_path / "run" / "config.json").read_text())["world_size"] == 2
+
+
+def _stochastic_depth_runs(root: str) -> list[str]:
+    """In each of 2 ranks: a 16-step run with stochastic depth, and the same run crashed at step 7
+    (checkpoint at 4) and resumed, in one process group; returns the names of the resumed runs."""
+    runtime = setup_runtime("cpu")
+    resumed = []
+    try:
+        for name, crash in (("whole", None), ("half", 7)):
+            cfg = dataclasses.replace(_config(Path(root) / name), epochs=1)
+            cfg = dataclasses.replace(cfg, model_kwargs={**cfg.model_kwargs, "drop_path_rate": 0.5})
+            model = _model(cfg)
+            try:
+                fit(cfg, model=_crash_at(model, crash) if crash else model, runtime=runtime)
+            except _Crash:
+                assert latest_checkpoint(Path(root) / name).name == "checkpoint-00000004"
+                fit(cfg, resume=True, runtime=runtime)
+                resumed.append(name)
+    finally:
+        teardown_runtime(runtime)
+    return resumed
+
+
+def test_stop_and_resume_on_two_ranks_keeps_each_ranks_stochastic_depth_draws(tmp_path):
+    """Each rank draws its own drop-path masks; the checkpoint keeps every rank's RNG state, so a
+    resumed 2-rank run ends with the uninterrupted run's weights, bit for bit."""
+    assert spawn(_stochastic_depth_runs, str(tmp_path), timeout=120) == [["half"], ["half"]]
+    for name in (MODEL_FILE, EMA_FILE):
+        whole = load_weights(latest_checkpoint(tmp_path / "whole") / name)[0]
+        resumed = load_weights(latest_checkpoint(tmp_path / "half") / name)[0]
+        assert all(torch.equal(whole[k], resumed[k]) for k in whole), name
 
 
 def test_max_restarts_without_out_is_refused_up_front(monkeypatch, tmp_path, capsys):

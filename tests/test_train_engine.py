@@ -14,6 +14,7 @@ from resnetlab.models import create_model
 from resnetlab.train import TrainConfig, fit, get_recipe
 from resnetlab.train import engine as engine_module
 from resnetlab.train.checkpoint import MODEL_FILE, latest_checkpoint, list_checkpoints, load_weights
+from resnetlab.train.distributed import Runtime
 from resnetlab.train.rundir import read_metrics
 
 # A 4-block CIFAR ResNet (75k parameters) on a slice of the real data: seconds per run.
@@ -95,6 +96,27 @@ def test_stop_and_resume_gives_the_same_weights_as_one_run(tmp_path, monkeypatch
     strip = [{k: v for k, v in r.items() if k != "img_per_s"} for r in whole.history]
     assert [{k: v for k, v in r.items() if k != "img_per_s"} for r in resumed.history] == strip
     assert read_metrics(tmp_path / "broken") == resumed.history
+
+
+@pytest.mark.parametrize("rank", [0, 1, 2])
+def test_each_rank_gets_its_own_rng_row_back_and_a_new_rank_keeps_its_seeded_stream(rank):
+    rows = []
+    for seed in (10, 11):  # the states 2 ranks saved
+        torch.manual_seed(seed)
+        rows.append(torch.get_rng_state())
+    runtime = Runtime(torch.device("cpu"), rank=rank, world_size=3)  # the group grew to 3
+    torch.manual_seed(99)
+    engine_module._restore_rng_state({"cpu": torch.stack(rows)}, runtime)
+    expected = torch.rand(4, generator=torch.Generator().manual_seed(10 + rank if rank < 2 else 99))
+    assert torch.equal(torch.rand(4), expected)
+
+
+def test_a_checkpoint_from_before_per_rank_states_restores_rank_0():
+    torch.manual_seed(10)
+    saved = torch.get_rng_state()  # 1-d: rank 0's state alone
+    torch.manual_seed(99)
+    engine_module._restore_rng_state({"cpu": saved}, Runtime(torch.device("cpu")))
+    assert torch.equal(torch.rand(4), torch.rand(4, generator=torch.Generator().manual_seed(10)))
 
 
 def test_resuming_with_a_different_config_is_refused(tmp_path):

@@ -66,6 +66,16 @@ class Runtime:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every rank's `tensor` (same shape and dtype on all), stacked in rank order on the CPU:
+        (world_size, *tensor.shape). Goes through the device, since NCCL moves only CUDA tensors."""
+        local = tensor.to(self.device)
+        if not self.distributed:
+            return local.unsqueeze(0).cpu()
+        gathered = [torch.empty_like(local) for _ in range(self.world_size)]
+        dist.all_gather(gathered, local)
+        return torch.stack(gathered).cpu()
+
     def broadcast_object(self, obj: object) -> object:
         """Rank 0's value of a picklable object on every rank (run-dir names, errors, paths)."""
         if not self.distributed:

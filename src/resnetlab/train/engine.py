@@ -220,6 +220,7 @@ def _fit(
     def write_checkpoint(window: _Window) -> Path | None:
         if not window.finite(runtime):
             _diverged(math.nan, step, step / steps_per_epoch, last_checkpoint)
+        rng_states = _rng_states(runtime)  # a collective: every rank takes part
         if run_dir is None or not runtime.is_main:
             return last_checkpoint
         train_state = {
@@ -228,7 +229,7 @@ def _fit(
             "schedule": schedule.state_dict(),
             "scaler": scaler.state_dict(),
             "ema_updates": ema.updates if ema is not None else 0,
-            "rng": _rng_state(device),
+            "rng": rng_states,
             "history_len": len(recorder.history),
         }
         return save_checkpoint(
@@ -252,7 +253,7 @@ def _fit(
             batches = _skip(iter(loader), skip)  # the loader's draws depend on (seed, epoch, batch) only
             skip = 0
             if rng is not None:  # restored after the skip, which may have drawn from the global RNG
-                _set_rng_state(rng, device)
+                _restore_rng_state(rng, runtime)
                 rng = None
             for x, y in batches:
                 lr = schedule.set(step)
@@ -364,17 +365,31 @@ def _skip(batches: Iterator[T], n: int) -> Iterator[T]:
     return batches
 
 
-def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
+def _rng_states(runtime: Runtime) -> dict[str, torch.Tensor]:
+    """Every rank's global RNG states, one row per rank: {"cpu": (world, n) uint8, "cuda": ...}.
+
+    Each rank draws its own stochastic-depth masks, so each needs its own stream back on resume.
+    """
+    states = {"cpu": runtime.all_gather(torch.get_rng_state())}
+    if runtime.device.type == "cuda":
+        states["cuda"] = runtime.all_gather(torch.cuda.get_rng_state(runtime.device))
+    return states
 
 
-def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
+def _restore_rng_state(states: dict[str, torch.Tensor], runtime: Runtime) -> None:
+    """This rank's row of `_rng_states`. A rank the checkpoint has no row for (the group grew)
+    keeps the stream seeded from `cfg.seed + rank`, as a fresh run would give it."""
+    for kind, rows in states.items():
+        rows = rows if rows.ndim == 2 else rows.unsqueeze(0)  # checkpoints before per-rank states
+        if runtime.rank >= len(rows):
+            continue
+        # A copy, not the row view: torch 2.13's set_rng_state mishandles a tensor that starts past
+        # the beginning of its storage (rows 1.. here): "Invalid mt19937 state", or a segfault.
+        state = rows[runtime.rank].clone()
+        if kind == "cpu":
+            torch.set_rng_state(state)
+        elif kind == "cuda" and runtime.device.type == "cuda":
+            torch.cuda.set_rng_state(state, runtime.device)
 
 
 @contextlib.contextmanager
