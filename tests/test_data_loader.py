@@ -68,6 +68,21 @@ def test_training_batches_are_slices_of_the_epoch_permutation() -> None:
     assert len(whole) == 7 and sorted(torch.cat([y for _, y in whole]).tolist()) == list(range(50))
 
 
+def test_a_mid_epoch_start_yields_the_rest_of_the_epoch_unchanged() -> None:
+    augment = Augment(crop_padding=2, flip=True, erasing=0.5)
+    loader = make_loader(toy(50), batch_size=8, train=True, device="cpu", augment=augment, seed=3, epoch=2)
+    whole = list(loader)
+    loader.set_epoch(2, first_batch=4)
+    rest = list(loader)
+    assert len(loader) == 6 and len(rest) == 2
+    for (x, y), (x0, y0) in zip(rest, whole[4:], strict=True):
+        assert torch.equal(x, x0) and torch.equal(y, y0)  # same examples, same augmentation draws
+    loader.set_epoch(3)
+    assert len(list(loader)) == 6  # the next epoch starts at its first batch
+    with pytest.raises(Error, match=r"first_batch must lie in \[0, 6\], got -1"):
+        loader.set_epoch(3, first_batch=-1)
+
+
 def test_rank_shards_are_disjoint_and_cover_the_epoch() -> None:
     data = toy(50)
     shards = [

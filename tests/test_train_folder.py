@@ -75,7 +75,7 @@ def test_a_folder_trains_at_the_chosen_size_and_evaluates_and_predicts_at_it(fol
     assert main(["train", "--data", f"imagefolder:{folder}", *flags, "--out", str(run_dir)]) == 0
     out, err = capsys.readouterr()
     assert "final: test error" in out
-    assert "resnetlab: warning: skipped 1 unreadable image(s)" in err  # reported, not fatal
+    assert "unreadable image(s) in epoch 0, replaced by other training images" in err  # not fatal
 
     model, meta = load_model(run_dir)
     assert (meta["image_size"], meta["resize_size"], meta["classes"]) == (32, 37, list(CLASSES))

@@ -4,7 +4,8 @@ Both loaders visit examples in the same order (`epoch_order`). Training takes a 
 from seed + epoch; rank r of W takes perm[r:usable:W], usable being the largest multiple of W,
 so every rank takes the same number of steps. Evaluation takes range(r, N, W): across ranks every
 example is seen exactly once. Augmentation draws come from (seed, epoch, batch), so a resumed
-run sees the same batches as an uninterrupted one.
+run sees the same batches as an uninterrupted one, and `set_epoch(epoch, first_batch=b)` starts
+an epoch at batch b without producing (or, for folders, decoding) the batches before it.
 """
 
 from __future__ import annotations
@@ -113,6 +114,7 @@ class DeviceLoader:
         self.dataset = dataset
         self.batch_size, self.train, self.device = batch_size, train, device
         self.seed, self.epoch, self.rank, self.world_size = seed, epoch, rank, world_size
+        self.first_batch = 0
         self.drop_last = drop_last
         self.images = dataset.images.to(device)  # (N, C, H, W) uint8, resident for the whole run
         self.labels = dataset.labels.to(device)
@@ -123,8 +125,9 @@ class DeviceLoader:
         """Examples this rank visits per epoch."""
         return _count(len(self.dataset), train=self.train, rank=self.rank, world_size=self.world_size)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, first_batch: int = 0) -> None:
+        """Iterate `epoch` from batch `first_batch` on (a mid-epoch resume); len() stays the epoch's."""
+        self.epoch, self.first_batch = epoch, _check_first_batch(first_batch, len(self))
 
     def __len__(self) -> int:
         return _num_batches(self.num_samples, self.batch_size, self.drop_last)
@@ -138,7 +141,7 @@ class DeviceLoader:
             rank=self.rank,
             world_size=self.world_size,
         ).to(self.device)
-        for b in range(len(self)):
+        for b in range(self.first_batch, len(self)):
             index = order[b * self.batch_size : (b + 1) * self.batch_size]
             rng = _batch_rng(self.seed, self.epoch, b) if self.train else None
             yield self._pipeline(self.images.index_select(0, index), self.labels.index_select(0, index), rng)
@@ -152,7 +155,7 @@ class _EpochBatches:
     ):
         self.n, self.batch_size, self.train, self.seed = n, batch_size, train, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
-        self.epoch = 0
+        self.epoch, self.first_batch = 0, 0
 
     def __len__(self) -> int:
         count = _count(self.n, train=self.train, rank=self.rank, world_size=self.world_size)
@@ -167,16 +170,22 @@ class _EpochBatches:
             rank=self.rank,
             world_size=self.world_size,
         ).tolist()
-        for b in range(len(self)):
+        for b in range(self.first_batch, len(self)):
             yield [(i, self.epoch) for i in order[b * self.batch_size : (b + 1) * self.batch_size]]
 
 
+# Random other training images tried in place of an unreadable one before the example is dropped.
+_REPLACEMENT_TRIES = 8
+
+
 class _FolderItems(Dataset):
-    """What a worker decodes: key (index, epoch) -> (image or None, label, failure or None).
+    """What a worker decodes: key (index, epoch) -> (image or None, label, failures).
 
     The crop and mirror draws depend on (seed, epoch, index) only, not on which worker runs them.
-    A failure is returned rather than raised so one bad file out of a million costs one example,
-    not the run.
+    Failures are returned rather than raised, so one bad file out of a million costs one decode,
+    not the run. In training an unreadable image is replaced by another training image drawn
+    from (seed, epoch, index, attempt): batches keep their size, so every rank still takes the
+    same steps with the same batch shape. Evaluation drops it: a copy would count twice.
     """
 
     def __init__(self, dataset: FolderDataset, *, train: bool, flip: bool, seed: int):
@@ -185,19 +194,25 @@ class _FolderItems(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor | None, int, str | None]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor | None, int, list[str]]:
         index, epoch = key
-        rng = np.random.default_rng([self.seed, epoch, index]) if self.train else None
-        try:
-            image = self.dataset.load(index, rng, flip=self.flip)
-        except UnreadableImage as exc:
-            return None, -1, str(exc)
-        return image, int(self.dataset.labels[index]), None
+        failures = []
+        for attempt in range(1 + _REPLACEMENT_TRIES if self.train else 1):
+            draws = [self.seed, epoch, index] + ([attempt] if attempt else [])
+            rng = np.random.default_rng(draws) if self.train else None
+            source = int(rng.integers(len(self.dataset))) if attempt else index
+            try:
+                image = self.dataset.load(source, rng, flip=self.flip)
+            except UnreadableImage as exc:
+                failures.append(str(exc))
+                continue
+            return image, int(self.dataset.labels[source]), failures
+        return None, -1, failures
 
 
 def _collate(items: list, image_size: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     kept = [(image, label) for image, label, _ in items if image is not None]
-    failures = [failure for _, _, failure in items if failure is not None]
+    failures = [failure for _, _, failed in items for failure in failed]
     if not kept:
         return (
             torch.empty((0, 3, image_size, image_size), dtype=torch.uint8),
@@ -210,8 +225,9 @@ def _collate(items: list, image_size: int) -> tuple[torch.Tensor, torch.Tensor, 
 class FolderLoader:
     """An image folder decoded by `num_workers` persistent worker processes into pinned uint8 batches.
 
-    Unreadable images are dropped from their batch and counted; one warning line per epoch says how
-    many (`dataset.strict` makes the first one an error instead).
+    Unreadable images are counted, replaced (training) or dropped (evaluation) as `_FolderItems`
+    says, and one warning line per epoch says how many; `dataset.strict` makes the first one an
+    error instead.
     """
 
     def __init__(
@@ -253,10 +269,13 @@ class FolderLoader:
             collate_fn=functools.partial(_collate, image_size=dataset.image_size),
             pin_memory=device.type == "cuda",
             persistent_workers=num_workers > 0,
+            # Its own generator for the workers' base seed: by default each epoch's iterator draws
+            # it from the global RNG, which would shift the model's stochastic-depth draws.
+            generator=torch.Generator().manual_seed(seed),
         )
         # Crop and flip happen in the workers; erasing and mixing run on the device batch.
         self._pipeline = _Pipeline(dataset, dataclasses.replace(augment, flip=False), device, channels_last)
-        self.skipped = 0  # unreadable images met in the current or last epoch
+        self.unreadable = 0  # unreadable images met in the current or last epoch
 
     @property
     def epoch(self) -> int:
@@ -268,34 +287,47 @@ class FolderLoader:
             len(self.dataset), train=self.train, rank=self.sampler.rank, world_size=self.sampler.world_size
         )
 
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.epoch = epoch
+    def set_epoch(self, epoch: int, first_batch: int = 0) -> None:
+        """Iterate `epoch` from batch `first_batch` on (a mid-epoch resume); len() stays the epoch's."""
+        self.sampler.epoch, self.sampler.first_batch = epoch, _check_first_batch(first_batch, len(self))
 
     def __len__(self) -> int:
         return len(self.sampler)
 
     def __iter__(self) -> Iterator[Batch]:
-        self.skipped, first = 0, None
+        self.unreadable, first = 0, None
         try:
-            for b, (x, y, failures) in enumerate(self.loader):
+            for b, (x, y, failures) in enumerate(self.loader, start=self.sampler.first_batch):
                 if failures and self.dataset.strict:
                     raise UnreadableImage(
                         f"{failures[0]} (strict mode; without --strict such images are skipped)"
                     )
-                self.skipped += len(failures)
+                self.unreadable += len(failures)
                 first = first or (failures[0] if failures else None)
+                if len(x) == 0 and self.train:  # every image and every replacement failed
+                    raise Error(
+                        f"no image of training batch {b} could be decoded, nor {_REPLACEMENT_TRIES} "
+                        f"replacements for each (first: {first}); check {self.dataset.root}"
+                    )
                 if len(x) == 0:
                     continue
                 x = x.to(self.device, non_blocking=True)
                 y = y.to(self.device, non_blocking=True)
                 yield self._pipeline(x, y, _batch_rng(self.seed, self.epoch, b) if self.train else None)
         finally:
-            if self.skipped:
+            if self.unreadable:
+                handled = "replaced by other training images" if self.train else "skipped"
                 tqdm.write(
-                    f"resnetlab: warning: skipped {self.skipped} unreadable image(s) in epoch {self.epoch} "
-                    f"(first: {first})",
+                    f"resnetlab: warning: {self.unreadable} unreadable image(s) in epoch {self.epoch}, "
+                    f"{handled} (first: {first})",
                     file=sys.stderr,
                 )
+
+
+def _check_first_batch(first_batch: int, num_batches: int) -> int:
+    if not 0 <= first_batch <= num_batches:
+        raise Error(f"first_batch must lie in [0, {num_batches}], got {first_batch}")
+    return first_batch
 
 
 def _default_workers(world_size: int) -> int:

@@ -178,6 +178,8 @@ def _fit(
         step, rng = state["step"], state["rng"]
         history = read_metrics(run_dir)[: state["history_len"]] if runtime.is_main else []
     torch.manual_seed(cfg.seed + runtime.rank)  # dropout-like draws (drop_path) differ between ranks
+    if rng is not None:  # nothing draws from the global RNG between here and the first step
+        _restore_rng_state(rng, runtime)
 
     train_model = runtime.wrap(model, sync_bn=cfg.sync_bn)
     if cfg.compile:
@@ -248,14 +250,12 @@ def _fit(
             start_epoch = num_epochs
         model.train()
         for epoch in range(start_epoch, num_epochs):
-            loader.set_epoch(epoch)
-            bar.set_description(f"epoch {epoch + 1}/{num_epochs}", refresh=False)
-            batches = _skip(iter(loader), skip)  # the loader's draws depend on (seed, epoch, batch) only
+            # A mid-epoch resume starts at the next batch: the loader's draws depend on (seed, epoch,
+            # batch) only, so the batches before it are neither produced nor decoded.
+            loader.set_epoch(epoch, first_batch=skip)
             skip = 0
-            if rng is not None:  # restored after the skip, which may have drawn from the global RNG
-                _restore_rng_state(rng, runtime)
-                rng = None
-            for x, y in batches:
+            bar.set_description(f"epoch {epoch + 1}/{num_epochs}", refresh=False)
+            for x, y in loader:
                 lr = schedule.set(step)
                 loss, errors = train_step(train_model, model, optimizer, scaler, x, y, cfg, device)
                 if ema is not None:
@@ -357,12 +357,6 @@ def _diverged(loss: float, step: int, epoch: float, checkpoint: Path | None) -> 
         f"training diverged: the loss became {loss} by step {step} (epoch {epoch:.2f}); {kept}. "
         "Try a lower --lr, --grad-clip 1.0, or --amp none"
     )
-
-
-def _skip(batches: Iterator[T], n: int) -> Iterator[T]:
-    for _ in range(n):
-        next(batches)
-    return batches
 
 
 def _rng_states(runtime: Runtime) -> dict[str, torch.Tensor]:
