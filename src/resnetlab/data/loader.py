@@ -300,7 +300,7 @@ class FolderLoader:
             for b, (x, y, failures) in enumerate(self.loader, start=self.sampler.first_batch):
                 if failures and self.dataset.strict:
                     raise UnreadableImage(
-                        f"{failures[0]} (strict mode; without --strict such images are skipped)"
+                        f"{failures[0]} (strict mode; without --strict such images are replaced or skipped)"
                     )
                 self.unreadable += len(failures)
                 first = first or (failures[0] if failures else None)

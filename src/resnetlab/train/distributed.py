@@ -69,9 +69,9 @@ class Runtime:
     def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """Every rank's `tensor` (same shape and dtype on all), stacked in rank order on the CPU:
         (world_size, *tensor.shape). Goes through the device, since NCCL moves only CUDA tensors."""
-        local = tensor.to(self.device)
         if not self.distributed:
-            return local.unsqueeze(0).cpu()
+            return tensor.unsqueeze(0).cpu()
+        local = tensor.to(self.device)
         gathered = [torch.empty_like(local) for _ in range(self.world_size)]
         dist.all_gather(gathered, local)
         return torch.stack(gathered).cpu()
