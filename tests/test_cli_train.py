@@ -59,6 +59,8 @@ def test_eval_reports_errors_per_class_and_draws_the_confusion_matrix(trained, c
     weights = latest_checkpoint(trained) / MODEL_FILE  # a bare weights file works too
     code, out, _ = run(capsys, "eval", str(weights), "--split", "val", "--figure", str(trained / "c.png"))
     assert code == 0 and (trained / "c.png").is_file()
+    code, out, _ = run(capsys, "eval", str(trained), "--split", "val", "--flip-tta")
+    assert code == 0 and "fashion-mnist val (500 images, flip TTA): top-1 error" in out
 
 
 def test_predict_matches_the_model_on_the_same_pixels(trained, capsys, tmp_path):

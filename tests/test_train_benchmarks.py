@@ -54,12 +54,20 @@ def test_time_to_accuracy_tuning_probe_reports_val(benchmarks, capsys):
     assert header.split(" | ")[-1] == "val acc" and values.endswith("%")
 
 
+def test_time_to_accuracy_cannot_report_val_when_none_is_held_out(benchmarks, capsys):
+    from benchmarks import time_to_accuracy
+
+    with pytest.raises(SystemExit) as exit_info:
+        time_to_accuracy.main(["--val-size", "0", "--no-test"])
+    assert exit_info.value.code == 2 and "needs --val-size > 0" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_time_to_accuracy_reports_test_accuracy_against_the_target(benchmarks, capsys):
     from benchmarks import time_to_accuracy
 
     argv = ["--epochs", "1", "--train-subset", "512", "--batch-size", "32", "--lr", "0.05", "--target", "0.2"]
-    assert time_to_accuracy.main(argv) == 0
+    assert time_to_accuracy.main([*argv, "--val-size", "0"]) == 0  # the final run, on all 60k
     header, values = capsys.readouterr().out.strip().splitlines()[-2:]
-    assert header.split(" | ")[-3:] == ["val acc", "test acc", "target"]
-    assert values.endswith(">= 20.0%: met")
+    assert header.split(" | ")[-4:] == ["val acc", "test acc", "flip TTA", "target"]
+    assert " | none held out | " in values and values.endswith(">= 20.0%: met")

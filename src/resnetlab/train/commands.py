@@ -72,6 +72,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--amp", choices=("none", "bf16", "fp16"), default="none", help="autocast (default: none)"
     )
     ev.add_argument(
+        "--flip-tta",
+        action="store_true",
+        help="score each image by the mean logits of it and its mirror (for nets trained with flips)",
+    )
+    ev.add_argument(
         "--figure",
         metavar="PNG",
         help="confusion-matrix path (default: confusion-SPLIT.png beside the weights)",
@@ -196,6 +201,7 @@ def run_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         amp=args.amp,
+        flip_tta=args.flip_tta,
         figure=args.figure,
     )
     print(format_report(report))

@@ -48,10 +48,20 @@ class EvalResult:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: Any, *, num_classes: int, runtime: Runtime | None = None, amp: str = "none"
+    model: nn.Module,
+    loader: Any,
+    *,
+    num_classes: int,
+    runtime: Runtime | None = None,
+    amp: str = "none",
+    flip_tta: bool = False,
 ) -> EvalResult:
     """Evaluate on every example of `loader` once; under torchrun each rank sees its shard and the
-    counts are summed over ranks, so the result equals a single-process evaluation."""
+    counts are summed over ranks, so the result equals a single-process evaluation.
+
+    `flip_tta` scores each image by the mean logits of it and its horizontal mirror (test-time
+    augmentation, as airbench does); it only makes sense for a net trained with flips.
+    """
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -61,8 +71,9 @@ def evaluate(
     pairs = []  # true * K + predicted, one int64 per example; counted on the CPU at the end
     for x, y in loader:
         with autocast(device, amp):
-            logits = model(x)
-        logits = logits.float()
+            logits = model(x).float()
+            if flip_tta:
+                logits = (logits + model(x.flip(-1)).float()) / 2  # x.flip(-1) mirrors W in any layout
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         pairs.append(y * k + logits.argmax(1))
         top5 = logits.topk(min(5, k), dim=1).indices
@@ -119,6 +130,7 @@ class CheckpointEval:
     split: str
     classes: list[str]
     figure: Path
+    flip_tta: bool = False
 
 
 def evaluate_checkpoint(
@@ -130,6 +142,7 @@ def evaluate_checkpoint(
     batch_size: int = 512,
     device: str = "auto",
     amp: str = "none",
+    flip_tta: bool = False,
     figure: str | Path | None = None,
 ) -> CheckpointEval:
     """Evaluate a run directory or weights file on a split; draws the confusion matrix PNG.
@@ -155,21 +168,23 @@ def evaluate_checkpoint(
             f"trained for {meta['num_classes']} classes and {meta['in_chans']} channels; pick matching --data"
         )
     loader = make_loader(dataset, batch_size=batch_size, train=False, device=dev)
-    result = evaluate(model, loader, num_classes=meta["num_classes"], amp=amp)
+    result = evaluate(model, loader, num_classes=meta["num_classes"], amp=amp, flip_tta=flip_tta)
     if figure is None:
         folder = path if path.is_dir() else weights.parent
         figure = folder / f"confusion-{split}.png"
     figure = Path(figure)
-    title = f"{meta['model']} on {data} {split}: top-1 error {100 * result.err:.2f}%"
+    views = " with flip TTA" if flip_tta else ""
+    title = f"{meta['model']} on {data} {split}{views}: top-1 error {100 * result.err:.2f}%"
     plot_confusion(result.confusion, list(dataset.classes), figure, title)
-    return CheckpointEval(result, meta, data, split, list(dataset.classes), figure)
+    return CheckpointEval(result, meta, data, split, list(dataset.classes), figure, flip_tta)
 
 
 def format_report(ev: CheckpointEval) -> str:
     """The text `resnetlab eval` prints: headline errors, then accuracy per class."""
     r = ev.result
+    views = ", flip TTA" if ev.flip_tta else ""
     lines = [
-        f"{ev.meta['model']} on {ev.data} {ev.split} ({r.count} images): "
+        f"{ev.meta['model']} on {ev.data} {ev.split} ({r.count} images{views}): "
         f"top-1 error {100 * r.err:.2f}%, top-5 error {100 * r.top5_err:.2f}%, loss {r.loss:.4f}",
         "",
         f"{'class':<24} {'accuracy':>8}  {'images':>6}",
