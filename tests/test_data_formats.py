@@ -26,6 +26,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from resnetlab.cli import main
 from resnetlab.data import load_dataset
 from resnetlab.data import sources as sources_module
 from resnetlab.data.cifar import load_batch, safe_extract
@@ -224,6 +225,20 @@ def test_unpacked_mnist_files_load_with_their_shapes_checked(isolated: Path) -> 
     test = load_dataset("mnist", "test", data_dir=isolated / "d", download=False)
     assert (len(train), len(test)) == (10, 5)
     assert train.images.shape[1:] == (1, 28, 28) and train.classes == [str(d) for d in range(10)]
+
+
+def test_flips_on_digits_are_warned_about_in_training_and_in_flip_tta(isolated: Path, capsys) -> None:
+    write_idx_set(isolated / "d" / "mnist", n_train=16, n_test=4, gz=False)
+    data = ["--data", "mnist", "--data-dir", str(isolated / "d")]
+    tiny = ["--model", "cifar_resnet", "--model-kwargs", "depth=8", "--batch-size", "8", "--epochs", "1"]
+    train = ["train", *data, *tiny, "--val-size", "0", "--eval-splits", "test", "--no-progress"]
+    warning = "a mirrored digit is not its class"
+    assert main([*train, "--flip", "--out", str(isolated / "flip")]) == 0
+    assert capsys.readouterr().err.count(warning) == 1
+    assert main([*train, "--no-flip", "--out", str(isolated / "no-flip")]) == 0
+    assert warning not in capsys.readouterr().err
+    assert main(["eval", str(isolated / "no-flip"), *data, "--flip-tta"]) == 0
+    assert capsys.readouterr().err.count(warning) == 1
 
 
 def test_gzipped_mnist_with_the_wrong_md5_is_refused(isolated: Path) -> None:

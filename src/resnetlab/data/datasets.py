@@ -20,6 +20,11 @@ def list_datasets() -> list[str]:
     return [*SOURCES, "imagefolder:PATH"]
 
 
+def mirror_keeps_class(name: str) -> bool:
+    """Whether a horizontally mirrored image keeps its label: not for handwritten digits."""
+    return name not in SOURCES or SOURCES[name].mirror_keeps_class
+
+
 def locate(name: str, data_dir: str | os.PathLike | None = None, *, download: bool = True) -> list[Path]:
     """The checked-for files of a named data set, downloading them when allowed and missing."""
     if name not in SOURCES:

@@ -25,6 +25,7 @@ class Source:
     system_dirs: tuple[str, ...] = ()  # read-only copies a distribution installs
     package: str = ""  # the distribution package that installs them
     extracts_to: str = ""  # the folder a tarball unpacks to
+    mirror_keeps_class: bool = True  # False where a mirrored image is not of its class (digits)
 
 
 _FASHION_CLASSES = (
@@ -81,6 +82,7 @@ SOURCES: dict[str, Source] = {
             RemoteFile("t10k-labels-idx1-ubyte.gz", md5="ec29112dd5afa0611ce80d1b7f02629c"),
         ),
         classes=tuple(str(digit) for digit in range(10)),
+        mirror_keeps_class=False,
     ),
     "cifar10": Source(
         format="cifar",
