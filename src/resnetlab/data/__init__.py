@@ -6,7 +6,7 @@ per batch on the device; `imagefolder:PATH` is a `FolderDataset` decoded by Data
 
 from resnetlab.data.arrays import ImageArrays, split_indices
 from resnetlab.data.augment import AUGMENT_PRESETS, Augment
-from resnetlab.data.datasets import SPLITS, list_datasets, load_dataset, mirror_keeps_class
+from resnetlab.data.datasets import SPLITS, list_datasets, load_dataset, mirror_warning
 from resnetlab.data.folder import FolderDataset, UnreadableImage
 from resnetlab.data.loader import DeviceLoader, FolderLoader, epoch_order, make_loader
 
@@ -23,6 +23,6 @@ __all__ = [
     "list_datasets",
     "load_dataset",
     "make_loader",
-    "mirror_keeps_class",
+    "mirror_warning",
     "split_indices",
 ]

@@ -20,9 +20,12 @@ def list_datasets() -> list[str]:
     return [*SOURCES, "imagefolder:PATH"]
 
 
-def mirror_keeps_class(name: str) -> bool:
-    """Whether a horizontally mirrored image keeps its label: not for handwritten digits."""
-    return name not in SOURCES or SOURCES[name].mirror_keeps_class
+def mirror_warning(name: str, flag: str) -> str | None:
+    """The warning line for `flag` mirroring images of `name`, where a mirror changes the class
+    (handwritten digits); None where mirrored images keep their labels."""
+    if name not in SOURCES or SOURCES[name].mirror_keeps_class:
+        return None
+    return f"resnetlab: warning: {flag} mirrors {name} images, and a mirrored digit is not its class"
 
 
 def locate(name: str, data_dir: str | os.PathLike | None = None, *, download: bool = True) -> list[Path]:

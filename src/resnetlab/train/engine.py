@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from resnetlab.data import Augment, load_dataset, make_loader, mirror_keeps_class
+from resnetlab.data import Augment, load_dataset, make_loader, mirror_warning
 from resnetlab.errors import Error
 from resnetlab.models import create_model
 from resnetlab.models.registry import get_builder
@@ -115,12 +115,8 @@ def _fit(
     # Data. Rank 0 loads first, so only one process downloads missing files.
     splits = _main_first(runtime, lambda: _load_splits(cfg))
     train_set = splits.pop("train")
-    if cfg.flip and not mirror_keeps_class(cfg.data) and runtime.is_main:
-        print(
-            f"resnetlab: warning: --flip mirrors {cfg.data} images, and a mirrored digit is not its "
-            "class; --no-flip turns it off",
-            file=sys.stderr,
-        )
+    if cfg.flip and runtime.is_main and (warning := mirror_warning(cfg.data, "--flip")):
+        print(f"{warning}; --no-flip turns it off", file=sys.stderr)
     augment = Augment(cfg.crop_padding, cfg.flip, cfg.erasing, cfg.mixup, cfg.cutmix)
     shared = dict(device=device, rank=runtime.rank, world_size=world, num_workers=cfg.workers)
     loader = make_loader(

@@ -19,7 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import nn
 
-from resnetlab.data import load_dataset, make_loader, mirror_keeps_class
+from resnetlab.data import load_dataset, make_loader, mirror_warning
 from resnetlab.errors import Error
 from resnetlab.train.checkpoint import inference_weights, load_model, require_meta
 from resnetlab.train.distributed import Runtime, resolve_device
@@ -168,11 +168,8 @@ def evaluate_checkpoint(
             f"{data} has {dataset.num_classes} classes and {dataset.in_chans} channels, but the model was "
             f"trained for {meta['num_classes']} classes and {meta['in_chans']} channels; pick matching --data"
         )
-    if flip_tta and not mirror_keeps_class(data):
-        print(
-            f"resnetlab: warning: --flip-tta mirrors {data} images, and a mirrored digit is not its class",
-            file=sys.stderr,
-        )
+    if flip_tta and (warning := mirror_warning(data, "--flip-tta")):
+        print(warning, file=sys.stderr)
     loader = make_loader(dataset, batch_size=batch_size, train=False, device=dev)
     result = evaluate(model, loader, num_classes=meta["num_classes"], amp=amp, flip_tta=flip_tta)
     if figure is None:
