@@ -1,0 +1,285 @@
+"""`export_model`: source -> (BN folded) -> exported file (-> int8) -> verified -> kept.
+
+Every export checks itself before it is kept: the exported file runs (ONNX Runtime for .onnx,
+the loaded program for .pt2) on real images of the model's data set and is compared with the
+eager model. fp32 must agree on every top-1 and within torchvision's ONNX tolerance (rtol 1e-3,
+atol 1e-5, REFERENCE.md); int8 is judged by its test accuracy against fp32's. The file and its
+sidecar are written under temporary names and renamed into place only after that, so a failed
+export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from resnetlab.data import load_dataset, make_loader
+from resnetlab.errors import Error
+from resnetlab.export.fold import count_bn, fold_bn
+from resnetlab.export.runtime import OnnxModel, ProgramModel, require_extra
+from resnetlab.export.sidecar import sha256_file, sidecar_bytes, sidecar_path, write_atomic
+from resnetlab.models import create_model, list_models
+
+FORMATS = {"onnx": ".onnx", "pt2": ".pt2"}
+RTOL, ATOL = 1e-3, 1e-5  # torchvision's ONNX Runtime vs eager test (REFERENCE.md)
+INT8_MAX_DROP = 1.0  # top-1 points int8 may lose against fp32 on the test split before we refuse
+# Random-weight models (for timing) have no data set; they get these inputs and statistics.
+_IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "image_size": 224, "resize_size": 256}
+_CIFAR = {"mean": [0.5] * 3, "std": [0.25] * 3, "image_size": 32, "resize_size": 32}
+
+
+@dataclass
+class ExportOptions:
+    format: str  # "onnx" or "pt2"
+    out: str | Path  # the exported file; its sidecar is OUT.json
+    int8: bool = False  # post-training static quantisation (ONNX Runtime QDQ), onnx only
+    calibration_data: str | None = None  # data set for calibration; default: the model's own
+    calibration_images: int = 512  # training images the int8 ranges are measured on
+    batch: int | None = None  # fixed batch size of the exported graph; None = dynamic
+    fold_bn: bool = True  # fold each conv -> BN pair before exporting
+    verify_images: int = 256  # test images the exported file is compared with eager on
+    data_dir: str | None = None  # where the data set files are
+
+
+@dataclass
+class ExportReport:
+    path: Path
+    sidecar: Path
+    export: dict[str, Any] = field(default_factory=dict)  # what the sidecar's "export" block holds
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def load_source(source: str, device: str = "cpu") -> tuple[nn.Module, dict[str, Any], Path | None]:
+    """(eager model in eval mode, its metadata, the weights file or None) for a run directory, a
+    weights file, a registry tag, or a registered model name (random weights, for timing)."""
+    from resnetlab.train.checkpoint import inference_weights, load_model
+
+    if not Path(source).exists() and source in list_models():
+        torch.manual_seed(0)
+        model = create_model(source).eval()
+        defaults = _IMAGENET if getattr(model, "family", "imagenet") == "imagenet" else _CIFAR
+        meta = {
+            "model": source,
+            "model_kwargs": {},
+            "num_classes": model.num_classes,
+            "in_chans": model.in_chans,
+            "classes": [str(i) for i in range(model.num_classes)],
+            **{k: v[: model.in_chans] if isinstance(v, list) else v for k, v in defaults.items()},
+            "interpolation": "bilinear",
+            "data": None,
+            "tag": None,
+            "source": None,
+        }
+        return model, meta, None
+    model, meta = load_model(source, device)
+    weights = inference_weights(source) if Path(source).exists() else None
+    return model.eval(), meta, weights
+
+
+def _images(meta: dict[str, Any], data: str, split: str, count: int, data_dir: str | None) -> Tensor:
+    """`count` images of `split` (training images drawn at random by the run's seed; test images
+    in order), normalised as the model's evaluation inputs: (count, C, S, S) float."""
+    x, _ = _images_and_labels(meta, data, split, count, data_dir)
+    return x
+
+
+def _images_and_labels(
+    meta: dict[str, Any], data: str, split: str, count: int | None, data_dir: str | None
+) -> tuple[Tensor, Tensor]:
+    size = meta.get("image_size", 0) if data.startswith("imagefolder:") else 0
+    seed = meta.get("seed", 0)
+    dataset = load_dataset(
+        data, split, data_dir=data_dir, val_size=meta.get("val_size", 0), seed=seed, image_size=size
+    )
+    if dataset.in_chans != meta["in_chans"] or dataset.image_size != meta["image_size"]:
+        raise Error(
+            f"{data} has {dataset.in_chans}x{dataset.image_size}px images, but {meta['model']} takes "
+            f"{meta['in_chans']}x{meta['image_size']}px; pick a matching data set"
+        )
+    if count is not None and count < len(dataset):
+        if split == "train":
+            index = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count]
+        else:
+            index = torch.arange(count)
+        dataset = dataset.subset(index) if hasattr(dataset, "subset") else dataset
+    loader = make_loader(dataset, batch_size=1024, train=False, device="cpu")
+    xs, ys = zip(*loader, strict=True)
+    # A data set's own normalisation may differ from the model's when --calibration-data names
+    # another set: re-normalise with the model's statistics.
+    x = torch.cat(xs)
+    own_mean = torch.tensor(dataset.mean).view(1, -1, 1, 1)
+    own_std = torch.tensor(dataset.std).view(1, -1, 1, 1)
+    mean = torch.tensor(meta["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(meta["std"]).view(1, -1, 1, 1)
+    x = ((x * own_std + own_mean) - mean) / std
+    return x, torch.cat(ys)
+
+
+def _parity(runner: nn.Module, eager: nn.Module, x: Tensor, sizes: list[int]) -> dict[str, Any]:
+    """Max |exported - eager| over logits, whether every one is within tolerance, and top-1
+    agreement, with `x` run in batches of each size of `sizes`."""
+    with torch.inference_mode():
+        ref = eager(x)
+    worst, within, agree = 0.0, True, 1.0
+    for size in sizes:
+        out = torch.cat([runner(part) for part in torch.split(x, size)])
+        diff = (out - ref).abs()
+        worst = max(worst, float(diff.max()))
+        within &= bool((diff <= ATOL + RTOL * ref.abs()).all())
+        agree = min(agree, float((out.argmax(1) == ref.argmax(1)).float().mean()))
+    return {"max_abs_diff": worst, "within_tolerance": within, "top1_agreement": agree, "batch_sizes": sizes}
+
+
+@torch.inference_mode()
+def _accuracy(model: nn.Module, x: Tensor, y: Tensor, batch: int = 500) -> float:
+    hits = sum(int((model(xb).argmax(1) == yb).sum()) for xb, yb in zip(x.split(batch), y.split(batch)))
+    return hits / len(y)
+
+
+@contextlib.contextmanager
+def _temporary(path: Path) -> Iterator[Path]:
+    """A hidden temporary name next to `path`, removed on the way out whatever happens."""
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    try:
+        yield tmp
+    finally:
+        for leftover in (tmp, tmp.with_name(tmp.name + ".data")):
+            leftover.unlink(missing_ok=True)
+
+
+def _check_out(out: Path, fmt: str) -> None:
+    if out.suffix != FORMATS[fmt]:
+        raise Error(f"--out {out}: a {fmt} file must end in {FORMATS[fmt]}")
+    if out.is_dir():
+        raise Error(f"--out {out} is a directory; give a file name ending in {FORMATS[fmt]}")
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        raise Error(f"--out {out}: folder {folder} does not exist")
+    probe = folder / f".{out.name}.probe"
+    try:
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise Error(f"--out {out}: cannot write in {folder} ({exc.strerror})") from None
+
+
+def export_model(
+    source: str | Path, options: ExportOptions, log: Callable[[str], None] = print
+) -> ExportReport:
+    """Export `source` as `options` says, verify the file, then keep it with its sidecar."""
+    o = options
+    if o.format not in FORMATS:
+        raise Error(f"unknown format {o.format!r}; choose onnx or pt2")
+    out = Path(o.out)
+    _check_out(out, o.format)
+    if o.batch is not None and o.batch < 1:
+        raise Error("--batch must be a positive integer or 'dynamic'")
+    if o.int8 and o.format != "onnx":
+        raise Error("--int8 quantises with ONNX Runtime; use it with --format onnx")
+    if o.int8 and o.calibration_images < 1:
+        raise Error("--calibration-images must be at least 1")
+    if o.format == "onnx":
+        for name in ("onnx", "onnxruntime", "onnxscript"):
+            require_extra(name)
+
+    eager, meta, weights = load_source(str(source))
+    data = meta.get("data")
+    calibration_data = o.calibration_data or data
+    if o.int8 and not calibration_data:
+        raise Error(
+            f"--int8 needs calibration images and {source} has no data set of its own; give --calibration-data DATA"
+        )
+    shape = (meta["in_chans"], meta["image_size"], meta["image_size"])
+    if data:
+        x_test, y_test = _images_and_labels(meta, data, "test", None, o.data_dir)
+        verify, verify_from = x_test[: o.verify_images], f"{min(o.verify_images, len(x_test))} {data} test images"
+    else:
+        x_test = y_test = None
+        verify = torch.randn((16, *shape), generator=torch.Generator().manual_seed(0))
+        verify_from = f"16 random inputs ({source} has no data set)"
+
+    model = fold_bn(eager) if o.fold_bn else eager
+    if o.fold_bn:
+        log(f"fold_bn: {count_bn(eager)} -> {count_bn(model)} batch-norm layers")
+    dynamic = o.batch is None
+    example = verify[:2] if dynamic else verify[:1].expand(o.batch, *shape).contiguous()
+    facts: dict[str, Any] = {
+        "format": o.format,
+        "file": out.name,
+        "fold_bn": o.fold_bn,
+        "int8": o.int8,
+        "batch": "dynamic" if dynamic else o.batch,
+        "input_shape": ["batch" if dynamic else o.batch, *shape],
+        "layout": "NCHW",
+        "dtype": "float32",
+        "preprocess": "RGB or L, resize short side to resize_size, centre crop image_size, /255, (x - mean) / std",
+        "source_sha256": sha256_file(weights) if weights is not None else None,
+        "source_file": str(weights) if weights is not None else None,
+        "versions": {p: _version(p) for p in ("torch", "onnx", "onnxruntime", "onnxscript", "resnetlab")},
+    }
+    sizes = [len(verify), 1, 7] if dynamic else [o.batch]
+    with _temporary(out) as tmp, _temporary(out.with_name(out.stem + ".fp32" + out.suffix)) as tmp_fp32:
+        if o.format == "pt2":
+            facts.update(_export_pt2(model, example, tmp, dynamic))
+            runner: nn.Module = ProgramModel(tmp)
+        else:
+            from resnetlab.export.onnx_export import export_onnx
+
+            facts.update(export_onnx(model, example, tmp_fp32 if o.int8 else tmp, dynamic=dynamic))
+            if o.int8:
+                from resnetlab.export.int8 import quantize_onnx
+
+                calib = _images(meta, calibration_data, "train", o.calibration_images, o.data_dir)
+                log(f"int8: calibrating on {len(calib)} {calibration_data} training images")
+                facts.update(quantize_onnx(tmp_fp32, tmp, calib, facts["input"]))
+                facts["calibration_data"] = calibration_data
+            runner = OnnxModel(tmp)
+        parity = _parity(runner, eager, verify, sizes)
+        facts["parity"] = {"images": verify_from, "rtol": RTOL, "atol": ATOL, **parity}
+        log(
+            f"parity on {verify_from}, batch {', '.join(map(str, sizes))}: max |diff| "
+            f"{parity['max_abs_diff']:.2e}, top-1 agreement {100 * parity['top1_agreement']:.2f}%"
+        )
+        if o.int8:
+            if x_test is not None:
+                fp32_acc, int8_acc = _accuracy(eager, x_test, y_test), _accuracy(runner, x_test, y_test)
+                drop = 100 * (fp32_acc - int8_acc)
+                facts["accuracy"] = {"data": data, "split": "test", "images": len(y_test), "fp32": fp32_acc, "int8": int8_acc}
+                log(
+                    f"accuracy on {data} test ({len(y_test):,} images): fp32 {100 * fp32_acc:.2f}%, "
+                    f"int8 {100 * int8_acc:.2f}% ({-drop:+.2f} points)"
+                )
+                if drop > INT8_MAX_DROP:
+                    raise Error(
+                        f"int8 loses {drop:.2f} top-1 points against fp32 (more than {INT8_MAX_DROP}); "
+                        "calibrate on more images (--calibration-images) or keep fp32"
+                    )
+        elif not (parity["within_tolerance"] and parity["top1_agreement"] == 1.0):
+            raise Error(
+                f"the exported file does not match eager PyTorch (max |diff| {parity['max_abs_diff']:.2e}, "
+                f"top-1 agreement {100 * parity['top1_agreement']:.2f}%); nothing was written"
+            )
+        facts["sha256"] = sha256_file(tmp)
+        side = sidecar_path(out)
+        write_atomic(side, sidecar_bytes(meta, facts))
+        tmp.replace(out)
+    return ExportReport(out, side, facts)
+
+
+def _export_pt2(model: nn.Module, example: Tensor, path: Path, dynamic: bool) -> dict[str, Any]:
+    from resnetlab.export.pt2 import export_pt2
+
+    return export_pt2(model, example, path, dynamic=dynamic)

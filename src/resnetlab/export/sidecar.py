@@ -1,0 +1,66 @@
+"""The sidecar JSON written next to an exported file (`FILE.json`, e.g. `r20.onnx.json`).
+
+It holds the source's own metadata under the names a run stores with its weights (model,
+classes, mean, std, image_size, resize_size, data, ...; see train/engine.py `_model_meta`), so
+`resnetlab eval` and `resnetlab predict` feed an exported file exactly as they feed the run, plus
+an "export" block: format and options, the input, the source checkpoint's sha256, the exporter
+and its versions, and the parity and accuracy figures measured before the file was kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from resnetlab.errors import Error
+
+SIDECAR_VERSION = 1
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """Where the sidecar of an exported file lives: the file's name plus `.json`."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` via a temporary file in the same folder: fsync, then rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def sidecar_bytes(meta: dict[str, Any], export: dict[str, Any]) -> bytes:
+    return (json.dumps({**meta, "export": {"version": SIDECAR_VERSION, **export}}, indent=2) + "\n").encode()
+
+
+def read_sidecar(path: str | Path) -> dict[str, Any]:
+    """The sidecar of exported file `path` (metadata plus the "export" block); missing or broken
+    sidecars are an `Error` that says how to get one."""
+    side = sidecar_path(path)
+    try:
+        data = json.loads(side.read_text())
+    except FileNotFoundError:
+        raise Error(f"{path} has no sidecar {side.name}; export it again with `resnetlab export`") from None
+    except (OSError, ValueError) as exc:
+        raise Error(f"{side} is not readable JSON ({exc}); export {path} again") from None
+    if not isinstance(data, dict) or "export" not in data:
+        raise Error(f"{side} is not a resnetlab export sidecar; export {path} again")
+    return data
