@@ -11,6 +11,7 @@ import time
 
 MODULES = [
     "benchmarks.throughput",
+    "benchmarks.inference",
     "benchmarks.gpu",
     "benchmarks.ddp",
 ]

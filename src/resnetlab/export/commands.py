@@ -37,7 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ex.add_argument("source", metavar="SOURCE", help="run directory, .safetensors file, registry tag or model name")
+    ex.add_argument(
+        "source", metavar="SOURCE", help="run directory, .safetensors file, registry tag or model name"
+    )
     ex.add_argument("--format", choices=("onnx", "pt2"), help="file format (default: from --out's suffix)")
     ex.add_argument("--out", required=True, metavar="FILE", help="exported file (.onnx or .pt2)")
     ex.add_argument("--int8", action="store_true", help="int8 static quantisation (ONNX Runtime QDQ)")
@@ -48,7 +50,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--calibration-images", type=int, default=512, metavar="N", help="calibration images (default: 512)"
     )
     ex.add_argument(
-        "--batch", type=_batch, default=None, metavar="N|dynamic", help="batch size of the graph (default: dynamic)"
+        "--batch",
+        type=_batch,
+        default=None,
+        metavar="N|dynamic",
+        help="batch size of the graph (default: dynamic)",
     )
     ex.add_argument("--no-fold-bn", action="store_true", help="keep the BN layers instead of folding them")
     ex.add_argument("--data-dir", metavar="DIR", help="where the data set files are")

@@ -31,7 +31,12 @@ FORMATS = {"onnx": ".onnx", "pt2": ".pt2"}
 RTOL, ATOL = 1e-3, 1e-5  # torchvision's ONNX Runtime vs eager test (REFERENCE.md)
 INT8_MAX_DROP = 1.0  # top-1 points int8 may lose against fp32 on the test split before we refuse
 # Random-weight models (for timing) have no data set; they get these inputs and statistics.
-_IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "image_size": 224, "resize_size": 256}
+_IMAGENET = {
+    "mean": [0.485, 0.456, 0.406],
+    "std": [0.229, 0.224, 0.225],
+    "image_size": 224,
+    "resize_size": 256,
+}
 _CIFAR = {"mean": [0.5] * 3, "std": [0.25] * 3, "image_size": 32, "resize_size": 32}
 
 
@@ -145,7 +150,9 @@ def _parity(runner: nn.Module, eager: nn.Module, x: Tensor, sizes: list[int]) ->
 
 @torch.inference_mode()
 def _accuracy(model: nn.Module, x: Tensor, y: Tensor, batch: int = 500) -> float:
-    hits = sum(int((model(xb).argmax(1) == yb).sum()) for xb, yb in zip(x.split(batch), y.split(batch)))
+    hits = sum(
+        int((model(xb).argmax(1) == yb).sum()) for xb, yb in zip(x.split(batch), y.split(batch), strict=True)
+    )
     return hits / len(y)
 
 
@@ -200,12 +207,16 @@ def export_model(
     calibration_data = o.calibration_data or data
     if o.int8 and not calibration_data:
         raise Error(
-            f"--int8 needs calibration images and {source} has no data set of its own; give --calibration-data DATA"
+            f"--int8 needs calibration images and {source} has no data set of its own; "
+            "give --calibration-data DATA"
         )
     shape = (meta["in_chans"], meta["image_size"], meta["image_size"])
     if data:
         x_test, y_test = _images_and_labels(meta, data, "test", None, o.data_dir)
-        verify, verify_from = x_test[: o.verify_images], f"{min(o.verify_images, len(x_test))} {data} test images"
+        verify, verify_from = (
+            x_test[: o.verify_images],
+            f"{min(o.verify_images, len(x_test))} {data} test images",
+        )
     else:
         x_test = y_test = None
         verify = torch.randn((16, *shape), generator=torch.Generator().manual_seed(0))
@@ -225,7 +236,7 @@ def export_model(
         "input_shape": ["batch" if dynamic else o.batch, *shape],
         "layout": "NCHW",
         "dtype": "float32",
-        "preprocess": "RGB or L, resize short side to resize_size, centre crop image_size, /255, (x - mean) / std",
+        "preprocess": "RGB or L; short side to resize_size, centre crop image_size; /255; (x - mean) / std",
         "source_sha256": sha256_file(weights) if weights is not None else None,
         "source_file": str(weights) if weights is not None else None,
         "versions": {p: _version(p) for p in ("torch", "onnx", "onnxruntime", "onnxscript", "resnetlab")},
@@ -257,7 +268,13 @@ def export_model(
             if x_test is not None:
                 fp32_acc, int8_acc = _accuracy(eager, x_test, y_test), _accuracy(runner, x_test, y_test)
                 drop = 100 * (fp32_acc - int8_acc)
-                facts["accuracy"] = {"data": data, "split": "test", "images": len(y_test), "fp32": fp32_acc, "int8": int8_acc}
+                facts["accuracy"] = {
+                    "data": data,
+                    "split": "test",
+                    "images": len(y_test),
+                    "fp32": fp32_acc,
+                    "int8": int8_acc,
+                }
                 log(
                     f"accuracy on {data} test ({len(y_test):,} images): fp32 {100 * fp32_acc:.2f}%, "
                     f"int8 {100 * int8_acc:.2f}% ({-drop:+.2f} points)"

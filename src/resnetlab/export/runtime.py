@@ -25,7 +25,7 @@ def require_extra(name: str) -> ModuleType:
         return importlib.import_module(name)
     except ImportError:
         raise Error(
-            f'{name} is not installed; ONNX export and inference need the extra: pip install "resnetlab[export]"'
+            f'{name} is not installed; ONNX export and inference need it: pip install "resnetlab[export]"'
         ) from None
 
 
@@ -92,7 +92,9 @@ def load_exported(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     return model.eval(), meta
 
 
-def load_inference_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+def load_inference_model(
+    path: str | Path, device: torch.device | str = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
     """An exported file through its runtime, or anything `load_model` takes (run directory,
     weights file) as the eager model on `device`."""
     if is_exported(path):

@@ -57,10 +57,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev = subparsers.add_parser(
         "eval",
         help="top-1/top-5 error, per-class accuracy and a confusion matrix of a trained model",
-        description="Evaluate a run directory (its latest checkpoint; EMA weights when kept) or a "
-        ".safetensors weights file written by resnetlab.",
+        description="Evaluate a run directory (its latest checkpoint; EMA weights when kept), a "
+        ".safetensors weights file written by resnetlab, or a file from `resnetlab export` (.onnx through "
+        "ONNX Runtime, .pt2) with its sidecar's preprocessing.",
     )
-    ev.add_argument("path", metavar="RUN_DIR|WEIGHTS", help="run directory or .safetensors weights file")
+    ev.add_argument(
+        "path",
+        metavar="RUN_DIR|WEIGHTS|FILE",
+        help="run directory, .safetensors weights, or exported .onnx/.pt2",
+    )
     ev.add_argument("--data", help="data set to evaluate on (default: the one it was trained on)")
     ev.add_argument("--data-dir", metavar="DIR", help="where the data set files are")
     ev.add_argument(
@@ -88,7 +93,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="top-k classes with probabilities for image files",
         description="Classify image files with a trained model; class names come from the run.",
     )
-    pr.add_argument("path", metavar="RUN_DIR|WEIGHTS", help="run directory or .safetensors weights file")
+    pr.add_argument(
+        "path",
+        metavar="RUN_DIR|WEIGHTS|FILE",
+        help="run directory, .safetensors weights, or exported .onnx/.pt2",
+    )
     pr.add_argument("images", metavar="IMAGE", nargs="+", help="image files (any format Pillow reads)")
     pr.add_argument("--top-k", type=int, default=5, help="classes to show per image (default: 5)")
     pr.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")

@@ -1,7 +1,8 @@
 """Evaluation: loss, top-1 and top-5 error and the confusion matrix, counted exactly across ranks.
 
 `evaluate` is what the training loop calls; `evaluate_checkpoint` backs `resnetlab eval
-RUN_DIR|weights.safetensors`, which adds per-class accuracy and a confusion-matrix PNG.
+RUN_DIR|weights.safetensors|FILE.onnx|FILE.pt2`, which adds per-class accuracy and a
+confusion-matrix PNG; an exported file runs through its runtime with its sidecar's metadata.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch import nn
 
 from resnetlab.data import load_dataset, make_loader, mirror_warning
 from resnetlab.errors import Error
-from resnetlab.train.checkpoint import inference_weights, load_model, require_meta
+from resnetlab.train.checkpoint import inference_weights, require_meta
 from resnetlab.train.distributed import Runtime, resolve_device
 from resnetlab.train.precision import autocast
 
@@ -63,7 +64,8 @@ def evaluate(
     `flip_tta` scores each image by the mean logits of it and its horizontal mirror (test-time
     augmentation, as airbench does); it only makes sense for a net trained with flips.
     """
-    device = next(model.parameters()).device
+    # An exported file's runner (resnetlab.export) has no parameters and runs on the CPU.
+    device = next(model.parameters(), torch.empty(0)).device
     was_training = model.training
     model.eval()
     k = num_classes
@@ -152,9 +154,11 @@ def evaluate_checkpoint(
     RUN_DIR/confusion-SPLIT.png, or next to a weights file, unless `figure` names a path.
     """
     path = Path(path)
+    from resnetlab.export.runtime import is_exported, load_inference_model
+
     weights = inference_weights(path)
-    dev = resolve_device(device)
-    model, meta = load_model(weights, dev)
+    dev = torch.device("cpu") if is_exported(weights) else resolve_device(device)
+    model, meta = load_inference_model(weights, dev)
     require_meta(meta, ("data", "val_size", "seed"), weights)
     data = data or meta["data"]
     # A folder is cropped to the size the model trained at; the other data sets have one size.

@@ -16,7 +16,7 @@ from PIL import Image
 
 from resnetlab.data.folder import centre_box
 from resnetlab.errors import Error
-from resnetlab.train.checkpoint import inference_weights, load_model, require_meta
+from resnetlab.train.checkpoint import inference_weights, require_meta
 from resnetlab.train.distributed import resolve_device
 
 
@@ -45,11 +45,13 @@ def load_image(path: str | Path, *, in_chans: int, image_size: int, resize_size:
 def predict(
     source: str | Path, images: list[str | Path], *, top_k: int = 5, device: str = "auto"
 ) -> list[Prediction]:
-    """Top-k predictions of a run directory's (or weights file's) model for each image file."""
+    """Top-k predictions of a run directory's (weights file's, exported file's) model for each image."""
+    from resnetlab.export.runtime import is_exported, load_inference_model
+
     if top_k < 1:
         raise Error("--top-k must be at least 1")
-    dev = resolve_device(device)
-    model, meta = load_model(source, dev)
+    dev = torch.device("cpu") if is_exported(source) else resolve_device(device)
+    model, meta = load_inference_model(source, dev)
     require_meta(meta, ("classes", "mean", "std", "image_size", "resize_size"), inference_weights(source))
     view = {k: meta[k] for k in ("in_chans", "image_size", "resize_size")}
     batch = torch.stack([load_image(path, **view) for path in images]).to(dev)
