@@ -76,6 +76,10 @@ class ProgramModel(nn.Module):
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise Error(f"cannot load {path} as a torch.export program: {reason}") from None
 
+    def train(self, mode: bool = True) -> ProgramModel:
+        """An exported program is fixed in eval mode (its module refuses `train()`): a no-op."""
+        return self
+
     @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:
         return self.program(x.detach().to("cpu", torch.float32)).to(x.device)
