@@ -70,7 +70,7 @@ def _version(package: str) -> str | None:
 def load_source(source: str, device: str = "cpu") -> tuple[nn.Module, dict[str, Any], Path | None]:
     """(eager model in eval mode, its metadata, the weights file or None) for a run directory, a
     weights file, a registry tag, or a registered model name (random weights, for timing)."""
-    from resnetlab.train.checkpoint import inference_weights, load_model
+    from resnetlab.train.checkpoint import load_model
 
     if not Path(source).exists() and source in list_models():
         torch.manual_seed(0)
@@ -90,8 +90,8 @@ def load_source(source: str, device: str = "cpu") -> tuple[nn.Module, dict[str, 
         }
         return model, meta, None
     model, meta = load_model(source, device)
-    weights = inference_weights(source) if Path(source).exists() else None
-    return model.eval(), meta, weights
+    local = Path(meta.get("source") or "")
+    return model.eval(), dict(meta), local if local.is_file() else None
 
 
 def _images(meta: dict[str, Any], data: str, split: str, count: int, data_dir: str | None) -> Tensor:

@@ -90,8 +90,9 @@ def is_exported(path: str | Path) -> bool:
 
 
 def load_exported(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """(callable model on the CPU, sidecar metadata) of an exported .onnx or .pt2 file."""
-    meta = read_sidecar(path)
+    """(callable model on the CPU, sidecar metadata) of an exported .onnx or .pt2 file; "source"
+    names the file itself (the checkpoint it came from is in meta["export"])."""
+    meta = {**read_sidecar(path), "source": str(path), "tag": None}
     model = OnnxModel(path) if Path(path).suffix == ".onnx" else ProgramModel(path)
     return model.eval(), meta
 
@@ -100,7 +101,7 @@ def load_inference_model(
     path: str | Path, device: torch.device | str = "cpu"
 ) -> tuple[nn.Module, dict[str, Any]]:
     """An exported file through its runtime, or anything `load_model` takes (run directory,
-    weights file) as the eager model on `device`."""
+    weights file, registry tag, URL) as the eager model on `device`."""
     if is_exported(path):
         return load_exported(path)
     from resnetlab.train.checkpoint import load_model
