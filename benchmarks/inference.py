@@ -81,7 +81,9 @@ def _compiled(model: nn.Module, bf16: bool) -> Callable[[Tensor], Tensor]:
                 return model(x.contiguous(memory_format=torch.channels_last))
         return model(x)
 
-    return torch.compile(run)
+    # One static graph per batch size: inductor's dynamic-batch bf16 channels_last convs fail a
+    # stride check in torch 2.13.
+    return torch.compile(run, dynamic=False)
 
 
 def _rows(name: str, model: nn.Module, folder: Path, calibration: Tensor) -> dict[str, Callable]:

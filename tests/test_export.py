@@ -66,7 +66,10 @@ def randomised_bn(model: nn.Module) -> nn.Module:
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
+    try:
+        code = main(list(argv))
+    except SystemExit as exc:  # argparse's own errors (a bad choice) exit from parse_args
+        code = exc.code
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -221,6 +224,16 @@ def test_int8_of_the_shipped_resnet20_is_within_0_3_points_of_fp32(capsys, tmp_p
     assert code == 0, err
     fp32, int8 = map(float, INT8_LINE.search(out).groups())
     assert fp32 > 90 and abs(fp32 - int8) <= 0.3
+
+
+@pytest.fixture(scope="module")
+def run_eval(trained, tmp_path_factory):
+    """`resnetlab eval RUN_DIR --split val` (500 held-out training images): what the files must match."""
+    figure = tmp_path_factory.mktemp("eval") / "c.png"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["eval", str(trained), "--split", "val", "--figure", str(figure)]) == 0
+    return printed.getvalue()
 
 
 @pytest.mark.parametrize("key", ["onnx", "int8", "pt2"])

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from resnetlab.data import load_dataset, make_loader
+from resnetlab.data import ImageArrays, load_dataset, make_loader
 from resnetlab.errors import Error
 from resnetlab.export.fold import count_bn, fold_bn
 from resnetlab.export.runtime import OnnxModel, ProgramModel, require_extra
@@ -114,23 +114,27 @@ def _images_and_labels(
             f"{data} has {dataset.in_chans}x{dataset.image_size}px images, but {meta['model']} takes "
             f"{meta['in_chans']}x{meta['image_size']}px; pick a matching data set"
         )
-    if count is not None and count < len(dataset):
+    if count is not None and count < len(dataset) and isinstance(dataset, ImageArrays):
         if split == "train":
             index = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count]
         else:
             index = torch.arange(count)
-        dataset = dataset.subset(index) if hasattr(dataset, "subset") else dataset
-    loader = make_loader(dataset, batch_size=1024, train=False, device="cpu")
-    xs, ys = zip(*loader, strict=True)
+        dataset = dataset.subset(index)
+    xs, ys, seen = [], [], 0
+    for batch in make_loader(dataset, batch_size=256, train=False, device="cpu"):
+        xs.append(batch[0])  # a folder's batches also carry the file paths
+        ys.append(batch[1])
+        seen += len(batch[1])
+        if count is not None and seen >= count:  # a folder is read in order, only as far as needed
+            break
     # A data set's own normalisation may differ from the model's when --calibration-data names
     # another set: re-normalise with the model's statistics.
-    x = torch.cat(xs)
+    x, y = torch.cat(xs)[:count], torch.cat(ys)[:count]
     own_mean = torch.tensor(dataset.mean).view(1, -1, 1, 1)
     own_std = torch.tensor(dataset.std).view(1, -1, 1, 1)
     mean = torch.tensor(meta["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(meta["std"]).view(1, -1, 1, 1)
-    x = ((x * own_std + own_mean) - mean) / std
-    return x, torch.cat(ys)
+    return ((x * own_std + own_mean) - mean) / std, y
 
 
 def _parity(runner: nn.Module, eager: nn.Module, x: Tensor, sizes: list[int]) -> dict[str, Any]:
