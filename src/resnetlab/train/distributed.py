@@ -17,8 +17,10 @@ Without RANK and WORLD_SIZE it is one process, and nothing distributed is starte
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -26,6 +28,10 @@ from torch import nn
 
 from resnetlab.errors import Error
 
+T = TypeVar("T")
+
+# How long the other ranks wait for rank 0 to prepare the data (`Runtime.main_first`).
+MAIN_FIRST_TIMEOUT = timedelta(hours=2)
 _LAUNCH_HINT = "launch with `torchrun --nproc-per-node N -m resnetlab ...`, which sets all of them"
 
 
@@ -60,6 +66,27 @@ class Runtime:
             ids = [self.device.index] if self.device.type == "cuda" else None
             dist.barrier(device_ids=ids)
 
+    def main_first(self, load: Callable[[], T]) -> T:
+        """`load()` on rank 0, then on the others: only one process downloads missing files.
+
+        The others wait in a gloo group of their own, whose deadline is `MAIN_FIRST_TIMEOUT`: rank
+        0's download or scan of a large image folder may outlast NCCL's 10-minute watchdog, which
+        would kill ranks waiting in the training group. A failing rank 0 still ends the group at
+        once, since torchrun stops the other workers when one exits.
+        """
+        if not self.distributed:
+            return load()
+        group = dist.new_group(backend="gloo", timeout=MAIN_FIRST_TIMEOUT)
+        try:
+            if not self.is_main:
+                dist.barrier(group=group)
+            result = load()
+            if self.is_main:
+                dist.barrier(group=group)
+        finally:
+            dist.destroy_process_group(group)
+        return result
+
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum `tensor` over ranks in place (a no-op on one process) and return it."""
         if self.distributed:
@@ -83,6 +110,16 @@ class Runtime:
         box = [obj]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def broadcast_buffers(self, module: nn.Module) -> None:
+        """Overwrite `module`'s buffers (BN running statistics) with rank 0's, in place.
+
+        DDP keeps the parameters equal on every rank, but each rank's BN statistics come from its
+        own batches; before an evaluation every rank must hold the same model, rank 0's.
+        """
+        if self.distributed:
+            for buffer in module.buffers():
+                dist.broadcast(buffer, src=0)
 
     def check_sync_bn(self) -> None:
         """Refuse --sync-bn where it cannot run, before any work is done: PyTorch's SyncBatchNorm

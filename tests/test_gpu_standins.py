@@ -1,0 +1,169 @@
+"""The CUDA paths, checked on the CPU (issue 15): no GPU has run them yet, so each test puts a
+stand-in where the GPU would be. torch.cuda.* is monkeypatched to act like a GPU machine, and
+2 gloo ranks stand in for an NCCL group. Each test fails on the code before its fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+import resnetlab
+from ddp_harness import free_port, one_thread, spawn
+from resnetlab.errors import Error
+from resnetlab.train import engine as engine_module
+from resnetlab.train import fit, get_recipe
+from resnetlab.train.checkpoint import EMA_FILE, latest_checkpoint, load_weights
+from resnetlab.train.distributed import Runtime, setup_runtime, teardown_runtime
+from resnetlab.train.evaluate import evaluate_checkpoint
+from resnetlab.train.rundir import read_metrics
+
+CUDA = torch.device("cuda")
+
+# A 4-block CIFAR ResNet (75k parameters) with real BN, on a slice of real Fashion-MNIST.
+TINY = dataclasses.replace(
+    get_recipe("fast"),
+    model="cifar_resnet",
+    model_kwargs={"depth": 8},
+    train_subset=256,
+    val_size=128,
+    eval_splits=("val",),
+    batch_size=32,
+    epochs=1,
+    log_every=4,
+    ema_decay=0.9,
+    amp="none",
+    channels_last=False,
+    device="cpu",
+    progress=False,
+)
+
+
+# --- 2: CUBLAS_WORKSPACE_CONFIG before any CUDA work ------------------------------------------
+
+
+def _import_resnetlab_env(env: dict[str, str]) -> str:
+    code = "import os, resnetlab; print(os.environ.get('CUBLAS_WORKSPACE_CONFIG'))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, timeout=120
+    )
+    return done.stdout.strip()
+
+
+def test_importing_the_package_sets_the_cublas_workspace_unless_the_user_did():
+    env = {k: v for k, v in os.environ.items() if k != "CUBLAS_WORKSPACE_CONFIG"}
+    assert _import_resnetlab_env(env) == ":4096:8"
+    assert _import_resnetlab_env({**env, "CUBLAS_WORKSPACE_CONFIG": ":16:8"}) == ":16:8"
+
+
+def test_the_workspace_is_left_alone_once_cuda_was_used_before_the_import(monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    resnetlab._set_cublas_workspace()
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ  # too late to take effect: fit refuses instead
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    resnetlab._set_cublas_workspace()
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+
+
+def test_deterministic_cuda_fit_after_cuda_was_used_without_the_workspace_is_one_clear_error(monkeypatch):
+    """A notebook that used the GPU before importing resnetlab: cuBLAS has taken its workspace."""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    unset = r"CUBLAS_WORKSPACE_CONFIG=:4096:8 \(it is unset\)"
+    with pytest.raises(Error, match=unset), engine_module._kernel_settings(True, CUDA):
+        pass
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":0:0")  # the user's own, not a deterministic one
+    with pytest.raises(Error, match="it is ':0:0'"), engine_module._kernel_settings(True, CUDA):
+        pass
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
+    with engine_module._kernel_settings(True, CUDA):
+        assert torch.are_deterministic_algorithms_enabled()
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+# --- 3 and 5, on one pair of gloo ranks -------------------------------------------------------
+
+
+def _two_rank_report(out: str, port: int) -> dict:
+    """In each of 2 ranks: (3) rank 0 loads data for 2.5 s while the other waits, in a group whose
+    collectives time out after 1 s (as NCCL's watchdog does after 10 minutes); then (5) `fit` in a
+    fresh group, BN statistics updated by each rank's own batches. Returns when each rank's load
+    ended and the trained (EMA) model."""
+    rank = int(os.environ["RANK"])
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=timedelta(seconds=1))
+    try:
+        runtime = Runtime(torch.device("cpu"), rank=rank, world_size=2)
+
+        def load() -> int:
+            if runtime.is_main:
+                time.sleep(2.5)  # a download, or a scan of a large image folder
+            return time.monotonic_ns()
+
+        loaded = runtime.main_first(load)
+    finally:
+        dist.destroy_process_group()
+    os.environ["MASTER_PORT"] = str(port)
+    runtime = setup_runtime("cpu")
+    try:
+        result = fit(dataclasses.replace(TINY, out=out, max_steps=6), runtime=runtime)
+        return {"loaded": loaded, "ema": {k: v.clone() for k, v in result.model.state_dict().items()}}
+    finally:
+        teardown_runtime(runtime)
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> tuple[list[dict], Path]:
+    run_dir = tmp_path_factory.mktemp("ddp") / "run"
+    return spawn(_two_rank_report, str(run_dir), free_port(), timeout=120), run_dir
+
+
+@pytest.mark.xdist_group("process-groups")
+def test_ranks_wait_for_rank_0s_data_beyond_the_training_groups_timeout(two_ranks):
+    (rank0, rank1), _ = two_ranks
+    assert rank1["loaded"] > rank0["loaded"]  # rank 1 loaded after rank 0, and did not time out
+
+
+@pytest.mark.xdist_group("process-groups")
+def test_two_ranks_evaluate_the_saved_model_with_bn_in_train_mode(two_ranks, tmp_path):
+    (rank0, rank1), run_dir = two_ranks
+    ema0, ema1 = rank0["ema"], rank1["ema"]
+    assert ema0.keys() == ema1.keys() and any("running_mean" in k for k in ema0)
+    assert all(torch.equal(ema0[k], ema1[k]) for k in ema0)  # rank 0's BN statistics on both ranks
+    saved = load_weights(latest_checkpoint(run_dir) / EMA_FILE)[0]
+    assert all(torch.equal(ema0[k], saved[k]) for k in saved)
+    # The evaluation the 2 ranks logged is that of the checkpoint, evaluated on one process.
+    final = [r for r in read_metrics(run_dir) if r["kind"] == "eval"][-1]
+    with one_thread():
+        report = evaluate_checkpoint(run_dir, split="val", device="cpu", figure=tmp_path / "c.png")
+    assert report.result.count == 128 and report.result.err == final["err"]
+    assert report.result.loss == pytest.approx(final["loss"], rel=1e-6)
+
+
+# --- 8: the error-triggered warm-up does not wait for the device every step ----------------------
+
+
+def test_error_triggered_warmup_checks_the_error_every_10_steps_not_every_step(monkeypatch):
+    checked = []
+    real = engine_module._Window.error_so_far
+
+    def counting(self, runtime):
+        checked.append(1)
+        return real(self, runtime)
+
+    monkeypatch.setattr(engine_module._Window, "error_so_far", counting)
+    cfg = dataclasses.replace(
+        TINY, batch_size=16, warmup_lr=0.01, warmup_until_err=0.0, warmup_min_depth=8, eval_splits=()
+    )
+    history = fit(cfg).history  # 16 steps; an error below 0 never ends the warm-up
+    assert {r["lr"] for r in history if r["kind"] == "train"} == {0.01}
+    assert len(checked) == 1  # at step 10; the other 15 steps neither sync nor all-reduce
