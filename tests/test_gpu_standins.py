@@ -5,29 +5,37 @@ stand-in where the GPU would be. torch.cuda.* is monkeypatched to act like a GPU
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import resnetlab
 from ddp_harness import free_port, one_thread, spawn
 from resnetlab.errors import Error
+from resnetlab.experiments.common import build_twin, fixed_batches
+from resnetlab.experiments.common import evaluate as experiment_evaluate
+from resnetlab.experiments.responses import response_moments
+from resnetlab.models import create_model
 from resnetlab.train import engine as engine_module
 from resnetlab.train import fit, get_recipe
 from resnetlab.train.checkpoint import EMA_FILE, latest_checkpoint, load_weights
 from resnetlab.train.distributed import Runtime, setup_runtime, teardown_runtime
+from resnetlab.train.ema import EMA
 from resnetlab.train.evaluate import evaluate_checkpoint
 from resnetlab.train.rundir import read_metrics
 
-CUDA = torch.device("cuda")
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
 # A 4-block CIFAR ResNet (75k parameters) with real BN, on a slice of real Fashion-MNIST.
 TINY = dataclasses.replace(
@@ -167,3 +175,75 @@ def test_error_triggered_warmup_checks_the_error_every_10_steps_not_every_step(m
     history = fit(cfg).history  # 16 steps; an error below 0 never ends the warm-up
     assert {r["lr"] for r in history if r["kind"] == "train"} == {0.01}
     assert len(checked) == 1  # at step 10; the other 15 steps neither sync nor all-reduce
+
+
+# --- 6: the EMA update is two foreach kernels, with the per-tensor loop's results ------------------
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts the aten ops called at the top level (what a GPU would launch kernels for)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_ema_update_is_two_foreach_ops_bit_equal_to_the_per_tensor_loop():
+    torch.manual_seed(0)
+    model = create_model("cifar_resnet", depth=20, in_chans=1)  # 57 BN layers: buffers of 2 dtypes
+    ema = EMA(model, decay=0.99)
+    reference = copy.deepcopy(ema.module)
+    x = torch.randn(8, 1, 28, 28)
+    for updates in range(1, 6):
+        with torch.no_grad():  # a training step's changes: weights move, BN statistics update
+            for p in model.parameters():
+                p.add_(torch.randn_like(p), alpha=0.01)
+        model.train()(x)
+        with _OpCounter() as counter:
+            ema.update()
+        assert counter.ops == {"_foreach_lerp_": 1, "_foreach_copy_": 1}
+        decay = min(0.99, (1 + updates) / (10 + updates))
+        with torch.no_grad():
+            for e, m in zip(reference.state_dict().values(), model.state_dict().values(), strict=True):
+                if e.is_floating_point():
+                    e.lerp_(m, 1 - decay)
+                else:
+                    e.copy_(m)
+    ours, theirs = ema.module.state_dict(), reference.state_dict()
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+# --- 1: the experiments keep their sums on the model's device ----------------------------------
+
+META = torch.device("meta")  # shapes without data: a tensor left on the CPU by mistake meets it
+
+
+def _meta_twin() -> tuple[torch.nn.Module, list]:
+    model = build_twin("resnet", 8, num_classes=10, in_chans=1, seed=0).to(META)
+    x = torch.empty(4, 1, 28, 28, device=META)
+    return model, [(x, torch.zeros(4, dtype=torch.int64, device=META))] * 2
+
+
+def test_response_moments_are_summed_on_the_models_device():
+    model, batches = _meta_twin()
+    moments = response_moments(model, batches)  # on a CPU-side sum: "found ... meta and cpu"
+    assert moments.device == META and moments.shape == (6, 3)  # 3 blocks x 2 BN
+
+
+def test_experiment_evaluation_waits_for_the_device_once_per_call_not_twice_per_batch():
+    model = build_twin("resnet", 8, num_classes=10, in_chans=1, seed=0).eval()
+    batches = fixed_batches("fashion-mnist", "test", examples=64, batch_size=16, device=torch.device("cpu"))[
+        0
+    ]
+    with _OpCounter() as counter:
+        loss, err = experiment_evaluate(model, batches)
+    assert counter.ops["_local_scalar_dense"] == 2  # .item() / float() / int(): one for each result
+    with torch.no_grad():
+        logits = torch.cat([model(x) for x, _ in batches])
+        y = torch.cat([y for _, y in batches])
+    assert loss == pytest.approx(float(torch.nn.functional.cross_entropy(logits, y)), rel=1e-6)
+    assert err == float((logits.argmax(1) != y).double().mean())
