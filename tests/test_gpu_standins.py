@@ -5,6 +5,7 @@ stand-in where the GPU would be. torch.cuda.* is monkeypatched to act like a GPU
 
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
 import os
@@ -18,11 +19,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import resnetlab
-from ddp_harness import free_port, one_thread, spawn
+from ddp_harness import free_port, one_thread, rank_env, spawn
+from resnetlab.cli import build_parser, main
+from resnetlab.data import load_dataset
 from resnetlab.errors import Error
+from resnetlab.experiments import EXPERIMENTS
 from resnetlab.experiments.common import build_twin, fixed_batches
 from resnetlab.experiments.common import evaluate as experiment_evaluate
 from resnetlab.experiments.responses import response_moments
@@ -30,7 +35,7 @@ from resnetlab.models import create_model
 from resnetlab.train import engine as engine_module
 from resnetlab.train import fit, get_recipe
 from resnetlab.train.checkpoint import EMA_FILE, latest_checkpoint, load_weights
-from resnetlab.train.distributed import Runtime, setup_runtime, teardown_runtime
+from resnetlab.train.distributed import Runtime, resolve_device, setup_runtime, teardown_runtime
 from resnetlab.train.ema import EMA
 from resnetlab.train.evaluate import evaluate_checkpoint
 from resnetlab.train.rundir import read_metrics
@@ -247,3 +252,120 @@ def test_experiment_evaluation_waits_for_the_device_once_per_call_not_twice_per_
         y = torch.cat([y for _, y in batches])
     assert loss == pytest.approx(float(torch.nn.functional.cross_entropy(logits, y)), rel=1e-6)
     assert err == float((logits.argmax(1) != y).double().mean())
+
+
+# --- 4: --device cuda:N ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_gpus(monkeypatch) -> list[torch.device]:
+    """torch.cuda as on a machine with 2 GPUs; returns the devices passed to set_device."""
+    current = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    return current
+
+
+def test_cuda_n_in_one_process_becomes_the_current_device(two_gpus):
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert two_gpus == [torch.device("cuda", 1)]  # the pin-memory thread and NCCL follow it
+    assert resolve_device("cuda", local_rank=1) == torch.device("cuda", 1)
+    assert resolve_device("auto") == torch.device("cuda", 0)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("cuda:2", r"--device cuda:2: only 2 GPU\(s\) are visible, cuda:0 to cuda:1"),
+        ("cuda:x", "unknown device 'cuda:x'"),
+        ("cuda:", "unknown device 'cuda:'"),
+        ("gpu", "unknown device 'gpu'"),
+    ],
+)
+def test_cuda_n_out_of_range_or_malformed_is_one_clear_error(two_gpus, name, message):
+    with pytest.raises(Error, match=message):
+        resolve_device(name)
+    assert two_gpus == []
+
+
+def test_cuda_n_under_torchrun_is_refused_before_the_group_starts(two_gpus, monkeypatch):
+    for key, value in rank_env(1, 2, 29500).items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(Error, match="--device cuda:0 would put all 2 ranks on one GPU.*--device cuda,"):
+        setup_runtime("cuda:0")
+    assert two_gpus == [] and not dist.is_initialized()
+
+
+# --- the --device sweep: every command that has the flag ---------------------------------------
+
+
+NO_GPU = "--device cuda was asked for but this torch build sees no CUDA GPU; use --device cpu"
+
+
+def _device_commands(parser=None, path=()) -> list[tuple[str, ...]]:
+    """Every (sub)command of the CLI with a --device flag, as the words that name it."""
+    parser = parser or build_parser()
+    found = [path] if any("--device" in a.option_strings for a in parser._actions) else []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += _device_commands(sub, (*path, name))
+    return found
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
+    """A 2-step run made on the CPU through the CLI, and one real test image: for eval and predict."""
+    root = tmp_path_factory.mktemp("sweep")
+    flags = [
+        "--model",
+        "cifar_resnet",
+        "--model-kwargs",
+        "depth=8",
+        "--train-subset",
+        "64",
+        "--val-size",
+        "32",
+    ]
+    argv = ["train", *flags, "--batch-size", "32", "--max-steps", "2", "--device", "cpu", "--no-progress"]
+    assert main([*argv, "--out", str(root / "run")]) == 0
+    image = root / "shoe.png"
+    Image.fromarray(load_dataset("fashion-mnist", "test").images[0, 0].numpy()).save(image)
+    return root / "run", image
+
+
+def _arguments(command: tuple[str, ...], tiny_run: tuple[Path, Path]) -> list[str]:
+    run_dir, image = tiny_run
+    return {("eval",): [str(run_dir)], ("predict",): [str(run_dir), str(image)]}.get(command, [])
+
+
+def test_the_sweep_finds_every_command_with_a_device_flag():
+    experiments = [("experiment", name) for name in EXPERIMENTS]
+    assert sorted(_device_commands()) == sorted(
+        [("train",), ("eval",), ("predict",), ("demo",), *experiments]
+    )
+
+
+@pytest.mark.parametrize("command", _device_commands(), ids=" ".join)
+@pytest.mark.parametrize("device", ["cuda", "cuda:0"])
+def test_cuda_without_a_visible_gpu_is_one_line_exit_2_and_leaves_nothing(
+    command, device, tiny_run, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main([*command, *_arguments(command, tiny_run), "--device", device]) == 2
+    out, err = capsys.readouterr()
+    assert err == f"resnetlab: error: {NO_GPU}\n"
+    assert out == "" and list(tmp_path.iterdir()) == []
+
+
+def test_eval_and_predict_accept_cpu(tiny_run, capsys):
+    """train is the fixture itself; every experiment runs with --device cpu in test_experiments_e2e."""
+    run_dir, image = tiny_run
+    capsys.readouterr()
+    assert main(["eval", str(run_dir), "--device", "cpu"]) == 0
+    assert "top-1 error" in capsys.readouterr().out
+    assert main(["predict", str(run_dir), str(image), "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.startswith(f"{image}: ")

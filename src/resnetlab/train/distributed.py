@@ -156,23 +156,31 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """`auto` picks cuda:LOCAL_RANK when CUDA is there, else the CPU; `cuda` means cuda:LOCAL_RANK."""
+    """`auto` picks cuda:LOCAL_RANK when CUDA is there, else the CPU; `cuda` means cuda:LOCAL_RANK.
+
+    A CUDA device also becomes the current one (torch.cuda.set_device), so that what runs without
+    an explicit device uses it and not GPU 0: the DataLoader's pin-memory thread, and NCCL.
+    """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise Error("--device cuda was asked for but this torch build sees no CUDA GPU; use --device cpu")
-        if name == "cuda":
-            count = torch.cuda.device_count()
-            if local_rank >= count:
-                raise Error(
-                    f"LOCAL_RANK={local_rank} but only {count} GPU(s) are visible; "
-                    f"start at most {count} processes per node (--nproc-per-node {count})"
-                )
-            name = f"cuda:{local_rank}"
-    elif name != "cpu":
+    if name == "cpu":
+        return torch.device("cpu")
+    prefix, colon, index = name.partition(":")
+    if prefix != "cuda" or (colon and not index.isdigit()):
         raise Error(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
-    return torch.device(name)
+    if not torch.cuda.is_available():
+        raise Error("--device cuda was asked for but this torch build sees no CUDA GPU; use --device cpu")
+    count = torch.cuda.device_count()
+    if not index and local_rank >= count:
+        raise Error(
+            f"LOCAL_RANK={local_rank} but only {count} GPU(s) are visible; "
+            f"start at most {count} processes per node (--nproc-per-node {count})"
+        )
+    if index and int(index) >= count:
+        raise Error(f"--device {name}: only {count} GPU(s) are visible, cuda:0 to cuda:{count - 1}")
+    device = torch.device("cuda", int(index) if index else local_rank)
+    torch.cuda.set_device(device)
+    return device
 
 
 def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -208,6 +216,11 @@ def _check_env(env: Mapping[str, str]) -> tuple[int, int, int]:
 def setup_runtime(device: str = "auto") -> Runtime:
     """Decide device and rank from torchrun's variables; start the process group under torchrun."""
     rank, world_size, local_rank = _check_env(os.environ)
+    if world_size > 1 and device.startswith("cuda:"):
+        raise Error(
+            f"--device {device} would put all {world_size} ranks on one GPU (NCCL refuses that); "
+            "under torchrun use --device cuda, which gives each rank cuda:LOCAL_RANK"
+        )
     runtime = Runtime(
         device=resolve_device(device, local_rank),
         rank=rank,
@@ -225,8 +238,6 @@ def _join_group(runtime: Runtime, env: Mapping[str, str]) -> None:
     """init_process_group through torchrun's env:// contract; a failure is one `Error`."""
     if runtime.backend == "nccl" and not dist.is_nccl_available():
         raise Error("this torch build has no NCCL for multi-GPU training; use --device cpu (gloo)")
-    if runtime.device.type == "cuda":
-        torch.cuda.set_device(runtime.device)  # before NCCL starts, or every rank opens cuda:0
     try:
         dist.init_process_group(backend=runtime.backend, rank=runtime.rank, world_size=runtime.world_size)
     except (RuntimeError, ValueError) as exc:  # DistNetworkError, DistStoreError, bad addresses
