@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
@@ -33,7 +34,7 @@ from resnetlab.experiments.common import evaluate as experiment_evaluate
 from resnetlab.experiments.responses import response_moments
 from resnetlab.models import create_model
 from resnetlab.train import engine as engine_module
-from resnetlab.train import fit, get_recipe
+from resnetlab.train import fit, get_recipe, precision
 from resnetlab.train.checkpoint import EMA_FILE, latest_checkpoint, load_weights
 from resnetlab.train.distributed import Runtime, resolve_device, setup_runtime, teardown_runtime
 from resnetlab.train.ema import EMA
@@ -369,3 +370,21 @@ def test_eval_and_predict_accept_cpu(tiny_run, capsys):
     assert "top-1 error" in capsys.readouterr().out
     assert main(["predict", str(run_dir), str(image), "--device", "cpu"]) == 0
     assert capsys.readouterr().out.startswith(f"{image}: ")
+
+
+# --- 8: bf16 autocast on a GPU without native bf16 ----------------------------------------------
+
+
+@pytest.mark.parametrize(("capability", "warned"), [((7, 0), True), ((7, 5), True), ((8, 0), False)])
+def test_bf16_on_a_pre_ampere_gpu_warns_once(capability, warned, monkeypatch, capsys):
+    precision._warn_if_bf16_is_emulated.cache_clear()
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: "Tesla V100-SXM2-16GB")
+    for _ in range(3):  # every training step enters autocast
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # this CPU build's "CUDA is not available" for autocast
+            precision.autocast(torch.device("cuda", 0), "bf16")
+    err = capsys.readouterr().err
+    assert err.count("Tesla V100-SXM2-16GB (compute capability") == warned
+    assert ("use --amp fp16" in err) == warned
+    precision._warn_if_bf16_is_emulated.cache_clear()
