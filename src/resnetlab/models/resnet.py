@@ -62,6 +62,7 @@ class ResNet(nn.Module):
         stem_width, stem_reduction = _STEMS[family]
         self.family, self.preact, self.shortcut_type, self.norm = family, block.preact, o.shortcut, o.norm
         self.stem_type, self.avg_down, self.in_chans = o.stem, o.avg_down, o.in_chans
+        self.groups, self.base_width = o.groups, o.base_width
 
         if family == "cifar":
             self.conv1: nn.Module = nn.Conv2d(o.in_chans, stem_width, 3, padding=1, bias=False)
