@@ -403,6 +403,7 @@ def test_summary_row() -> None:
 
 if __name__ == "__main__":
     names = ["resnet20", "plain20", "preact_resnet164", "wrn40_4", "resnet18", "resnet50"]
+    names += ["resnext50_32x4d", "wide_resnet50_2", "resnet18d", "resnet50d"]
     logits = {name: [[round(v, 6) for v in row] for row in seeded_logits(name).tolist()] for name in names}
     REGRESSION_FILE.parent.mkdir(exist_ok=True)
     rows = ",\n".join(f"  {json.dumps(name)}: {json.dumps(v)}" for name, v in logits.items())
