@@ -1,7 +1,12 @@
 """resnetlab: build, train, analyse and deploy residual networks [He15, He16]."""
 
+from __future__ import annotations
+
 import os
 import sys
+from typing import TYPE_CHECKING, Any
+
+from resnetlab.errors import Error
 
 # Deterministic cuBLAS (`train --deterministic` on CUDA) needs this workspace setting, and PyTorch
 # reads it once, when cuBLAS is first used: so it is set here, before this package touches CUDA,
@@ -19,8 +24,17 @@ def _set_cublas_workspace() -> None:
 
 _set_cublas_workspace()
 
-from resnetlab.errors import Error  # noqa: E402
-from resnetlab.models import create_model, list_models  # noqa: E402
-
 __version__ = "0.1.0"
 __all__ = ["Error", "create_model", "list_models", "__version__"]
+
+if TYPE_CHECKING:
+    from resnetlab.models import create_model, list_models
+
+
+def __getattr__(name: str) -> Any:
+    # The models load torch (seconds) on first use, not at `import resnetlab` (PEP 562).
+    if name in ("create_model", "list_models"):
+        from resnetlab.models import registry
+
+        return getattr(registry, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

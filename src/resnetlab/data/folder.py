@@ -54,6 +54,8 @@ class FolderDataset(Dataset):
         std: tuple[float, ...],
         image_size: int = DEFAULT_IMAGE_SIZE,
         strict: bool = False,
+        resize_size: int | None = None,
+        interpolation: str = "bilinear",
     ) -> None:
         self.root = Path(root)
         self.paths = paths  # (N,) bytes, relative to root
@@ -62,6 +64,10 @@ class FolderDataset(Dataset):
         self.mean, self.std = mean, std  # per channel, [0, 1] units
         self.image_size = image_size  # pixels, side of the square crop
         self.strict = strict
+        # Short side before the evaluation centre crop: 256 for 224, the usual ImageNet ratio,
+        # unless pretrained weights ask for their own (torchvision's V2: 232).
+        self.resize_size = resize_size or round(image_size / 0.875)
+        self.interpolation = interpolation  # "bilinear" or "bicubic"
 
     @property
     def num_classes(self) -> int:
@@ -70,11 +76,6 @@ class FolderDataset(Dataset):
     @property
     def in_chans(self) -> int:
         return 3
-
-    @property
-    def resize_size(self) -> int:
-        """Short side before the evaluation centre crop: 256 for 224, the usual ImageNet ratio."""
-        return round(self.image_size / 0.875)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -93,6 +94,8 @@ class FolderDataset(Dataset):
             std=self.std,
             image_size=self.image_size,
             strict=self.strict,
+            resize_size=self.resize_size,
+            interpolation=self.interpolation,
         )
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
@@ -105,7 +108,8 @@ class FolderDataset(Dataset):
             box = centre_box(image.size, self.image_size, self.resize_size)
         else:
             box = random_resized_box(image.size, rng)
-        image = image.resize((self.image_size, self.image_size), Image.Resampling.BILINEAR, box=box)
+        resample = Image.Resampling.BICUBIC if self.interpolation == "bicubic" else Image.Resampling.BILINEAR
+        image = image.resize((self.image_size, self.image_size), resample, box=box)
         if flip and rng is not None and rng.random() < 0.5:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         return torch.from_numpy(np.array(image)).permute(2, 0, 1)
