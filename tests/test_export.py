@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from resnetlab import create_model, list_models
+from resnetlab import create_model
 from resnetlab.cli import main
 from resnetlab.data import load_dataset
 from resnetlab.export import OnnxModel, count_bn, fold_bn
@@ -31,25 +31,27 @@ TINY_RUN = [
 ]  # fmt: skip
 
 
-def _small_bottleneck_imagenet() -> nn.Module:
-    # The ImageNet bottleneck family at one block per stage: the same stem, blocks and shortcuts.
+def _small_imagenet(**options: object) -> nn.Module:
+    # An ImageNet bottleneck net at one block per stage: the same stem, blocks and shortcuts.
     return ResNet(
-        Bottleneck, [1, 1, 1, 1], widths=[64, 128, 256, 512], stem="imagenet", options=ResNetOptions()
+        Bottleneck,
+        [1, 1, 1, 1],
+        widths=[64, 128, 256, 512],
+        family="imagenet",
+        options=ResNetOptions(**options),
     )
 
 
 FAMILIES = {
     "cifar-basic-A": (lambda: create_model("cifar_resnet", depth=8), 32),
     "imagenet-basic": (lambda: create_model("resnet18"), 64),
-    "imagenet-bottleneck": (_small_bottleneck_imagenet, 64),
+    "imagenet-bottleneck": (_small_imagenet, 64),
+    "resnext-32x4d": (lambda: _small_imagenet(groups=32, base_width=4), 64),
+    "resnet-d": (lambda: _small_imagenet(stem="deep", avg_down=True), 64),
     "preact": (lambda: create_model("cifar_resnet", depth=8, preact=True, shortcut="B"), 32),
     "wide": (lambda: create_model("cifar_resnet", depth=14, width=2, preact=True, shortcut="B"), 32),
     "preact-bottleneck": (lambda: create_model("cifar_resnet", depth=11, preact=True, bottleneck=True), 32),
 }
-# ResNeXt and ResNet-D, where the model zoo has them.
-for _name in ("resnext50_32x4d", "resnet50d"):
-    if _name in list_models():
-        FAMILIES[_name] = (lambda n=_name: create_model(n), 64)
 
 
 def randomised_bn(model: nn.Module) -> nn.Module:
@@ -77,7 +79,9 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 # ---------------------------------------------------------------- fold_bn
 
 
-@pytest.mark.parametrize("family", ["cifar-basic-A", "imagenet-bottleneck", "preact", "preact-bottleneck"])
+@pytest.mark.parametrize(
+    "family", ["cifar-basic-A", "imagenet-bottleneck", "resnet-d", "preact", "preact-bottleneck"]
+)
 def test_fold_bn_matches_eval_mode_and_leaves_only_the_preactivation_bns(family):
     build, size = FAMILIES[family]
     model = randomised_bn(build())

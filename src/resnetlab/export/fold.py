@@ -35,20 +35,27 @@ def _fused(conv: nn.Conv2d, bn: nn.Module) -> nn.Conv2d:
     return out
 
 
-def _fold_pair(parent: nn.Module, conv_name: str, bn_name: str) -> None:
-    conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
+def _fold_pair(parent: nn.Module, conv_name: str, bn_name: str, bn_parent: nn.Module | None = None) -> None:
+    """Fold `bn_parent.bn_name` (default: a sibling) into `parent.conv_name` if they are a conv and a BN."""
+    bn_parent = parent if bn_parent is None else bn_parent
+    conv, bn = getattr(parent, conv_name), getattr(bn_parent, bn_name)
     if isinstance(conv, nn.Conv2d) and isinstance(bn, _BN):
         setattr(parent, conv_name, _fused(conv, bn))
-        setattr(parent, bn_name, nn.Identity())
+        setattr(bn_parent, bn_name, nn.Identity())
 
 
 def fold_bn(model: nn.Module) -> nn.Module:
-    """A copy of `model` in eval mode with every conv -> BN pair folded into the conv: the stem,
-    the blocks' main paths and the projection shortcuts (any `nn.Sequential` of conv then BN).
+    """A copy of `model` in eval mode with every conv -> BN pair folded into the conv: the stem
+    (ResNet-D's deep stem too), the blocks' main paths and the projection shortcuts (any
+    `nn.Sequential` with a conv then a BN, ResNet-D's average-pool projections included).
     Its outputs equal the eval-mode original's within float rounding; `model` is unchanged."""
     folded = copy.deepcopy(model).eval()
     if getattr(folded, "preact", True) is False and hasattr(folded, "conv1") and hasattr(folded, "bn1"):
-        _fold_pair(folded, "conv1", "bn1")  # the stem: conv1 -> bn1 -> ReLU
+        stem = folded.conv1
+        if isinstance(stem, nn.Sequential):  # ResNet-D's deep stem: its last conv feeds the net's bn1
+            _fold_pair(stem, list(stem._modules)[-1], "bn1", bn_parent=folded)
+        else:
+            _fold_pair(folded, "conv1", "bn1")  # the stem: conv1 -> bn1 -> ReLU
     for module in folded.modules():
         for conv_name, bn_name in _PAIRS.get(type(module), ()):
             _fold_pair(module, conv_name, bn_name)
