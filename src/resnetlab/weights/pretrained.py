@@ -152,7 +152,7 @@ def _pretrained_cfg(
     return {
         **meta,
         "model": model,
-        "tag": entry.name if entry else None,
+        "tag": entry.name if entry else meta.get("tag"),  # a shipped file records its tag
         "source": found.source,
         "num_classes": outputs,
         "in_chans": in_chans,

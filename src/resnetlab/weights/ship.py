@@ -1,0 +1,85 @@
+"""Turn a finished run into a weights file that ships in the package (maintainers' tool).
+
+    python -m resnetlab.weights.ship RUN_DIR resnet20.fmnist
+
+writes src/resnetlab/weights/shipped/resnet20-fmnist.safetensors: the run's inference weights
+(EMA when kept) with its metadata, plus the tag, the training command, the code version and the
+whole TrainConfig, and prints what the registry entry needs (sha256, parameters, size). The
+entry's accuracy then comes from `resnetlab eval resnet20.fmnist`, never from the run's log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from resnetlab.errors import Error
+from resnetlab.models import create_model
+from resnetlab.train.checkpoint import inference_weights, load_weights, save_weights
+from resnetlab.weights.cache import SHIPPED_DIR, sha256sum
+
+
+def shipped_name(tag: str) -> str:
+    """resnet20.fmnist -> resnet20-fmnist.safetensors."""
+    return tag.replace(".", "-", 1) + ".safetensors"
+
+
+def ship(run_dir: Path, tag: str, folder: Path = SHIPPED_DIR) -> dict[str, Any]:
+    """Write the run's inference weights as `folder/<model>-<tag>.safetensors`; returns the entry facts."""
+    config_file = run_dir / "config.json"
+    if not config_file.is_file():
+        raise Error(f"{run_dir} has no config.json; give a run directory written by resnetlab train")
+    run = json.loads(config_file.read_text(encoding="utf-8"))
+    weights = inference_weights(run_dir)
+    state, meta = load_weights(weights)
+    if not tag.startswith(f"{meta['model']}."):
+        raise Error(f"the tag must start with the run's model: {meta['model']}.<tag>; got {tag!r}")
+    command = run.get("command") or []
+    meta = {
+        **meta,
+        "tag": tag,
+        "trained_by": _as_typed(command),
+        "code": run.get("environment", {}).get("git"),
+        "train_config": run["config"],
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    dest = folder / shipped_name(tag)
+    save_weights(dest, state, meta)
+    model = create_model(meta["model"], pretrained=dest)  # the file loads, and gives the parameter count
+    return {
+        "file": str(dest),
+        "sha256": sha256sum(dest),
+        "num_params": sum(p.numel() for p in model.parameters()),
+        "size_mb": round(dest.stat().st_size / 2**20, 2),
+        "from": str(weights),
+        "trained_by": meta["trained_by"],
+    }
+
+
+def _as_typed(command: list[str]) -> str | None:
+    """The run's command line as a user types it: benchmarks/x.py -> python -m benchmarks.x."""
+    if not command:
+        return None
+    script = Path(command[0])
+    program = f"python -m benchmarks.{script.stem}" if script.parent.name == "benchmarks" else script.name
+    return " ".join([program, *command[1:]])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m resnetlab.weights.ship", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("run_dir", type=Path, help="a finished run directory")
+    parser.add_argument("tag", help="the registry tag, <model>.<tag> (resnet20.fmnist)")
+    parser.add_argument(
+        "--folder", type=Path, default=SHIPPED_DIR, help=f"where to write (default: {SHIPPED_DIR})"
+    )
+    args = parser.parse_args(argv)
+    print(json.dumps(ship(args.run_dir, args.tag, args.folder), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
