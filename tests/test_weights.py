@@ -262,3 +262,16 @@ def test_imagenet_class_names_are_the_1000_in_index_order():
     assert class_names("fashion-mnist")[0] == "T-shirt/top"
     with pytest.raises(Error, match="no class names are known for 'cifar7'"):
         class_names("cifar7")
+
+
+def test_the_docs_table_is_the_registry():
+    text = (Path(__file__).resolve().parents[1] / "docs" / "weights.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| `([\w.]+)`( \(default\))? \| ([\d,]+) \| ([\d.]+|-) \| ([\d.]+|-) \|", text, re.M)
+    assert sorted(r[0] for r in rows) == sorted(e.name for e in list_weights())
+    for name, default, params, acc1, acc5 in rows:
+        e = get_weights(name)
+        assert (bool(default), int(params.replace(",", ""))) == (e.default, e.num_params), name
+        assert (None if acc1 == "-" else float(acc1), None if acc5 == "-" else float(acc5)) == (
+            e.metrics.acc1,
+            e.metrics.acc5,
+        ), name
