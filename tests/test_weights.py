@@ -275,3 +275,15 @@ def test_the_docs_table_is_the_registry():
             e.metrics.acc1,
             e.metrics.acc5,
         ), name
+
+
+def test_a_local_file_is_a_registry_file_only_by_its_published_name(tmp_path):
+    from resnetlab.weights.registry import find_by_path
+
+    assert find_by_path(tmp_path / "resnet50-11ad3fa6.pth").name == "resnet50.tv2_in1k"
+    assert (
+        find_by_path(tmp_path / "timm" / "resnet50d.ra2_in1k" / "model.safetensors").name
+        == "resnet50d.ra2_in1k"
+    )
+    assert find_by_path(tmp_path / "model.safetensors") is None  # a run's file or a timm file kept by hand
+    assert find_by_path(tmp_path / "checkpoint-00000010" / "ema.safetensors") is None
