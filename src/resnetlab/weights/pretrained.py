@@ -142,9 +142,9 @@ def _pretrained_cfg(
         hub = _hub_config(found.path) if entry.config_url else {}
         for key in ("mean", "std", "image_size", "resize_size", "interpolation"):
             value = getattr(entry, key)
+            if value is None:  # not in the table: the hub's config.json, else the file's metadata
+                value = hub.get(key) if entry.config_url else preprocess[key]
             preprocess[key] = list(value) if isinstance(value, tuple) else value
-            if preprocess[key] is None:
-                preprocess[key] = hub.get(key)
         classes, dataset = list(class_names(entry.dataset)), entry.dataset
     in_chans, outputs = net.in_chans, net.num_classes
     for key in ("mean", "std"):

@@ -4,20 +4,23 @@
 
 writes src/resnetlab/weights/shipped/resnet20-fmnist.safetensors: the run's inference weights
 (EMA when kept) with its metadata, plus the tag, the training command, the code version and the
-whole TrainConfig, and prints what the registry entry needs (sha256, parameters, size). The
-entry's accuracy then comes from `resnetlab eval resnet20.fmnist`, never from the run's log.
+whole TrainConfig; evaluates it on the test set with what `resnetlab eval` runs; and prints the
+entry to add to weights/table.py (sha256, parameters, size, statistics, accuracy). The test
+split picks nothing: the run is fixed before this measures it once.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from resnetlab.errors import Error
 from resnetlab.models import create_model
 from resnetlab.train.checkpoint import inference_weights, load_weights, save_weights
+from resnetlab.train.evaluate import evaluate_checkpoint
 from resnetlab.weights.cache import SHIPPED_DIR, sha256sum
 
 
@@ -53,9 +56,29 @@ def ship(run_dir: Path, tag: str, folder: Path = SHIPPED_DIR) -> dict[str, Any]:
         "sha256": sha256sum(dest),
         "num_params": sum(p.numel() for p in model.parameters()),
         "size_mb": round(dest.stat().st_size / 2**20, 2),
+        "mean": meta["mean"],
+        "std": meta["std"],
         "from": str(weights),
         "trained_by": meta["trained_by"],
     }
+
+
+def table_entry(tag: str, facts: dict[str, Any], acc1: float, acc5: float) -> str:
+    """The line to add to weights/table.py for a shipped Fashion-MNIST file."""
+    model, short = tag.split(".", 1)
+    args = [
+        repr(model),
+        repr(short),
+        repr(facts["sha256"]),
+        f"{facts['num_params']:_}",
+        f"{acc1:.2f}",
+        f"{acc5:.2f}",
+        f"{facts['size_mb']}",
+        repr(facts["mean"][0]),
+        repr(facts["std"][0]),
+        repr(facts["trained_by"]),
+    ]
+    return f"_fashion({', '.join(args)}, default=True),"
 
 
 def _as_typed(command: list[str]) -> str | None:
@@ -76,8 +99,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--folder", type=Path, default=SHIPPED_DIR, help=f"where to write (default: {SHIPPED_DIR})"
     )
+    parser.add_argument("--device", default="cpu", help="for the test-set evaluation (default: cpu)")
     args = parser.parse_args(argv)
-    print(json.dumps(ship(args.run_dir, args.tag, args.folder), indent=2))
+    facts = ship(args.run_dir, args.tag, args.folder)
+    print(json.dumps(facts, indent=2))
+    # The figure the entry records is what `resnetlab eval <tag>` measures: the same function.
+    with tempfile.TemporaryDirectory() as tmp:
+        ev = evaluate_checkpoint(facts["file"], device=args.device, figure=Path(tmp) / "confusion.png")
+    acc1, acc5 = 100 * (1 - ev.result.err), 100 * (1 - ev.result.top5_err)
+    print(
+        f"test accuracy of {facts['file']}: top-1 {acc1:.2f}%, top-5 {acc5:.2f}% ({ev.result.count} images)"
+    )
+    print("entry for src/resnetlab/weights/table.py:")
+    print("    " + table_entry(args.tag, facts, acc1, acc5))
     return 0
 
 
