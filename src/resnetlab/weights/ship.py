@@ -56,29 +56,42 @@ def ship(run_dir: Path, tag: str, folder: Path = SHIPPED_DIR) -> dict[str, Any]:
         "sha256": sha256sum(dest),
         "num_params": sum(p.numel() for p in model.parameters()),
         "size_mb": round(dest.stat().st_size / 2**20, 2),
-        "mean": meta["mean"],
-        "std": meta["std"],
+        "mean": meta.get("mean"),
+        "std": meta.get("std"),
         "from": str(weights),
         "trained_by": meta["trained_by"],
     }
 
 
 def table_entry(tag: str, facts: dict[str, Any], acc1: float, acc5: float) -> str:
-    """The line to add to weights/table.py for a shipped Fashion-MNIST file."""
+    """The `_fashion(...)` entry to add to weights/table.py's ENTRIES for a shipped file."""
     model, short = tag.split(".", 1)
-    args = [
-        repr(model),
-        repr(short),
-        repr(facts["sha256"]),
-        f"{facts['num_params']:_}",
-        f"{acc1:.2f}",
-        f"{acc5:.2f}",
-        f"{facts['size_mb']}",
-        repr(facts["mean"][0]),
-        repr(facts["std"][0]),
-        repr(facts["trained_by"]),
-    ]
-    return f"_fashion({', '.join(args)}, default=True),"
+    words = (facts["trained_by"] or "").split(" ")
+    chunks, line = [], ""
+    for word in words:  # the command as string pieces of <= 80 characters, to fit the line length
+        if line and len(line) + len(word) > 80:
+            chunks.append(line)
+            line = ""
+        line += word + " "
+    chunks.append(line.rstrip())
+    command = "\n        ".join(repr(chunk) for chunk in chunks)
+    return "\n".join(
+        [
+            "    _fashion(",
+            f"        {model!r},",
+            f"        {short!r},",
+            f"        sha256={facts['sha256']!r},",
+            f"        num_params={facts['num_params']:_},",
+            f"        acc1={acc1:.2f},",
+            f"        acc5={acc5:.2f},",
+            f"        size_mb={facts['size_mb']},",
+            f"        mean={facts['mean'][0]!r},",
+            f"        std={facts['std'][0]!r},",
+            f"        trained_by={command},",
+            "        default=True,",
+            "    ),",
+        ]
+    )
 
 
 def _as_typed(command: list[str]) -> str | None:
@@ -110,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"test accuracy of {facts['file']}: top-1 {acc1:.2f}%, top-5 {acc5:.2f}% ({ev.result.count} images)"
     )
-    print("entry for src/resnetlab/weights/table.py:")
-    print("    " + table_entry(args.tag, facts, acc1, acc5))
+    print("entry for ENTRIES in src/resnetlab/weights/table.py:")
+    print(table_entry(args.tag, facts, acc1, acc5))
     return 0
 
 
