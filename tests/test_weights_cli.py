@@ -12,7 +12,7 @@ from PIL import Image
 
 from resnetlab.cli import main
 from resnetlab.models import create_model, list_models
-from resnetlab.weights import class_names
+from resnetlab.weights import Metrics, class_names
 from resnetlab.weights.table import IMAGENET_MEAN, IMAGENET_STD
 from weights_fixtures import TINY, closed_port, entry, isolate_caches, register, serve, tiny, torchvision_file
 
@@ -123,6 +123,7 @@ def test_eval_of_a_tag_on_a_folder_uses_the_entrys_preprocessing(tmp_path, monke
     path.rename(home / "weights" / path.name)
     url = f"http://127.0.0.1:{closed_port()}/{path.name}"  # never asked: the file is in the cache
     folder_like = {"num_classes": 2, "dataset": "imagenet-1k", "image_size": 24, "resize_size": 40}
+    folder_like["metrics"] = Metrics("imagenet-1k val", 50.0, None, "a test figure")
     register(monkeypatch, entry(url, path.name, None, **folder_like))
     folder = tmp_path / "folder"
     for split in ("train", "val"):
@@ -136,6 +137,10 @@ def test_eval_of_a_tag_on_a_folder_uses_the_entrys_preprocessing(tmp_path, monke
     assert code == 0, err
     assert out.startswith("cifar_resnet on imagefolder:")
     assert "test (2 images): top-1 error" in out
+    assert (
+        "cifar_resnet.test records top-1 accuracy 50.0% on imagenet-1k val (a test figure); measured here: "
+        in out
+    )
     assert (tmp_path / "confusion-cifar_resnet.test-test.png").is_file()  # a tag's figure goes to ./
 
 
