@@ -21,16 +21,17 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from resnetlab import CUBLAS_WORKSPACE
 from resnetlab.data import Augment, load_dataset, make_loader, mirror_warning
 from resnetlab.errors import Error
 from resnetlab.models import create_model
@@ -58,7 +59,9 @@ from resnetlab.train.rundir import (
     write_config,
 )
 
-T = TypeVar("T")
+# Steps between checks of the train error that ends [He15]'s warm-up (~400 steps long): each check
+# waits for the device and all-reduces, which the other steps never do.
+_WARMUP_CHECK_EVERY = 10
 
 
 @dataclass
@@ -113,7 +116,7 @@ def _fit(
         runtime.check_sync_bn()
 
     # Data. Rank 0 loads first, so only one process downloads missing files.
-    splits = _main_first(runtime, lambda: _load_splits(cfg))
+    splits = runtime.main_first(lambda: _load_splits(cfg))
     train_set = splits.pop("train")
     if cfg.flip and runtime.is_main and (warning := mirror_warning(cfg.data, "--flip")):
         print(f"{warning}; --no-flip turns it off", file=sys.stderr)
@@ -208,6 +211,11 @@ def _fit(
         )
 
     def log_eval() -> None:
+        # Each rank's BN statistics (and so their EMA) hold its own last batches: evaluate one
+        # model on every rank, rank 0's, which is the one checkpointed.
+        runtime.broadcast_buffers(model)
+        if ema is not None:
+            runtime.broadcast_buffers(ema.module)
         for split, split_loader in eval_loaders.items():
             result = evaluate(
                 eval_model, split_loader, num_classes=train_set.num_classes, runtime=runtime, amp=cfg.amp
@@ -265,7 +273,7 @@ def _fit(
                 window.add(loss, errors, len(x))
                 step += 1
                 bar.update()
-                if schedule.in_error_warmup:
+                if schedule.in_error_warmup and step % _WARMUP_CHECK_EVERY == 0:
                     schedule.observe_train_error(window.error_so_far(runtime))
                 epoch_end, last = step % steps_per_epoch == 0, step == total_steps
                 if step % cfg.log_every == 0 or epoch_end or last:
@@ -394,7 +402,7 @@ def _kernel_settings(deterministic: bool, device: torch.device) -> Iterator[None
     saved = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
     if deterministic:
         if device.type == "cuda":
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for it
+            _check_cublas_workspace()
         torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = not deterministic  # autotuning may pick other kernels per run
     try:
@@ -404,14 +412,18 @@ def _kernel_settings(deterministic: bool, device: torch.device) -> Iterator[None
         torch.backends.cudnn.benchmark = saved[1]
 
 
-def _main_first(runtime: Runtime, load: Callable[[], T]) -> T:
-    """`load()` on rank 0, then on the others: only one process downloads missing files."""
-    if not runtime.is_main:
-        runtime.barrier()
-    result = load()
-    if runtime.is_main:
-        runtime.barrier()
-    return result
+def _check_cublas_workspace() -> None:
+    """Deterministic cuBLAS needs CUBLAS_WORKSPACE_CONFIG before its first use in the process (the
+    package sets it on import); set it now if CUDA is still unused, else refuse with the fix."""
+    config = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    if config is None and not torch.cuda.is_initialized():
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE
+    elif config not in (":4096:8", ":16:8"):
+        now = "unset" if config is None else f"{config!r}"
+        raise Error(
+            f"--deterministic on CUDA needs CUBLAS_WORKSPACE_CONFIG={CUBLAS_WORKSPACE} (it is {now}) "
+            "before CUDA is first used: export it before starting Python, or import resnetlab first"
+        )
 
 
 def _load_splits(cfg: TrainConfig) -> dict[str, Any]:
