@@ -149,7 +149,9 @@ def test_a_fixed_batch_graph_runs_other_batch_sizes_in_padded_chunks(tmp_path):
 # ---------------------------------------------------------------- the CLI on a trained model
 
 
-@pytest.fixture(scope="module")
+# Session scope: pytest-xdist may run other modules between these tests on the same worker, which
+# would tear a module-scoped fixture down and make (train, export) again.
+@pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     """A small net trained on real Fashion-MNIST (4,096 images, 3 epochs) through the CLI."""
     run_dir = tmp_path_factory.mktemp("export") / "run"
@@ -157,7 +159,7 @@ def trained(tmp_path_factory):
     return run_dir
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def exported(trained, tmp_path_factory):
     """fp32 ONNX, int8 ONNX and .pt2 of the trained run, with what the export printed."""
     folder = tmp_path_factory.mktemp("exported")
@@ -230,7 +232,7 @@ def test_int8_of_the_shipped_resnet20_is_within_0_3_points_of_fp32(capsys, tmp_p
     assert fp32 > 90 and abs(fp32 - int8) <= 0.3
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def run_eval(trained, tmp_path_factory):
     """`resnetlab eval RUN_DIR --split val` (500 held-out training images): what the files must match."""
     figure = tmp_path_factory.mktemp("eval") / "c.png"
