@@ -8,7 +8,7 @@ from pathlib import Path
 
 from resnetlab.data import cifar, mnist
 from resnetlab.data.arrays import ImageArrays, Published, channel_histogram, histogram_stats, split_indices
-from resnetlab.data.folder import DEFAULT_IMAGE_SIZE, FolderDataset, load_folder
+from resnetlab.data.folder import DEFAULT_IMAGE_SIZE, FolderDataset, has_test_split, load_folder
 from resnetlab.data.sources import SOURCES
 from resnetlab.errors import Error
 
@@ -18,6 +18,19 @@ _READERS = {"idx": mnist, "cifar": cifar}
 
 def list_datasets() -> list[str]:
     return [*SOURCES, "imagefolder:PATH"]
+
+
+def has_split(name: str, split: str, *, val_size: int) -> bool:
+    """Whether data set `name` has `split` when `val_size` examples are asked to be held out.
+
+    val needs a hold-out (val_size > 0); test is the published test part, or a folder's val/
+    beside train/ (a folder of class folders only has none).
+    """
+    if split == "val":
+        return val_size > 0
+    if split == "test" and name.startswith("imagefolder:"):
+        return has_test_split(name.removeprefix("imagefolder:"))
+    return split in SPLITS
 
 
 def mirror_warning(name: str, flag: str) -> str | None:

@@ -64,7 +64,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--data", help="data set to evaluate on (default: the one it was trained on)")
     ev.add_argument("--data-dir", metavar="DIR", help="where the data set files are")
     ev.add_argument(
-        "--split", choices=("val", "test"), default="test", help="split to evaluate (default: test)"
+        "--split",
+        choices=("val", "test"),
+        help="split to evaluate (default: test; for a folder of class folders only, its held-out val)",
     )
     ev.add_argument("--batch-size", type=int, default=512, help="examples per batch (default: 512)")
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")

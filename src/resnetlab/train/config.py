@@ -46,7 +46,11 @@ class TrainConfig:
     data: str = _opt("fashion-mnist", "fashion-mnist, mnist, cifar10, cifar100 or imagefolder:PATH")
     data_dir: str | None = _opt(None, "where the data set files are (none: the default search path)")
     train_subset: int | None = _opt(None, "train on only this many examples, chosen by --seed (none: all)")
-    val_size: int = _opt(5000, "examples held out of train as the val split, chosen by --seed [He15: 45k/5k]")
+    val_size: int = _opt(
+        5000,
+        "examples held out of train as the val split, chosen by --seed [He15: 45k/5k]; image folders "
+        "hold out at most 20%; 0: no val split, so no val evaluation",
+    )
     crop_padding: int = _opt(
         0, "in-memory sets: pixels of zero padding before a random crop back to size (0: no crop)"
     )
@@ -100,7 +104,9 @@ class TrainConfig:
     # What it records.
     log_every: int = _opt(50, "optimizer steps between train records in metrics.jsonl")
     eval_every: int = _opt(0, "optimizer steps between evaluations (0: at the end of each epoch)")
-    eval_splits: tuple[str, ...] = _opt(("val", "test"), "splits evaluated at each eval (val, test)")
+    eval_splits: tuple[str, ...] = _opt(
+        ("val", "test"), "splits evaluated at each eval (val, test); those the data lacks are skipped"
+    )
     eval_batch_size: int = _opt(512, "examples per evaluation batch, GLOBAL across ranks")
     checkpoint_every: int = _opt(0, "optimizer steps between checkpoints (0: at the end of each epoch)")
     out: str | None = _opt(None, "run directory to write (none: write nothing)")
@@ -145,10 +151,6 @@ class TrainConfig:
         )
         unknown = set(self.eval_splits) - set(EVAL_SPLITS)
         _require(not unknown, f"--eval-splits takes val and/or test, not {', '.join(sorted(unknown))}")
-        _require(
-            "val" not in self.eval_splits or self.val_size > 0,
-            "--eval-splits includes val but --val-size is 0; hold out a val split or use --eval-splits test",
-        )
         _require(
             not (self.deterministic and self.compile),
             "--deterministic and --compile contradict each other; drop one of them",

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from resnetlab.data import Augment, load_dataset, make_loader, mirror_warning
+from resnetlab.data import Augment, has_split, load_dataset, make_loader, mirror_warning
+from resnetlab.data.folder import MAX_VAL_FRACTION
 from resnetlab.errors import Error
 from resnetlab.models import create_model
 from resnetlab.models.registry import get_builder
@@ -113,8 +114,9 @@ def _fit(
         runtime.check_sync_bn()
 
     # Data. Rank 0 loads first, so only one process downloads missing files.
-    splits = _main_first(runtime, lambda: _load_splits(cfg))
+    splits = _main_first(runtime, lambda: _load_splits(cfg, talk=runtime.is_main))
     train_set = splits.pop("train")
+    cfg = _batch_that_fits(cfg, len(train_set), runtime)
     if cfg.flip and runtime.is_main and (warning := mirror_warning(cfg.data, "--flip")):
         print(f"{warning}; --no-flip turns it off", file=sys.stderr)
     augment = Augment(cfg.crop_padding, cfg.flip, cfg.erasing, cfg.mixup, cfg.cutmix)
@@ -414,8 +416,9 @@ def _main_first(runtime: Runtime, load: Callable[[], T]) -> T:
     return result
 
 
-def _load_splits(cfg: TrainConfig) -> dict[str, Any]:
-    """{"train": ..., and each of cfg.eval_splits}; --train-subset picks its examples by --seed."""
+def _load_splits(cfg: TrainConfig, *, talk: bool) -> dict[str, Any]:
+    """{"train": ..., and each of cfg.eval_splits the data has}; --train-subset picks its examples
+    by --seed. talk: say which splits are skipped and when a folder's hold-out is capped."""
     if cfg.data_dir is not None and not Path(cfg.data_dir).is_dir():
         raise Error(
             f"--data-dir {cfg.data_dir} is not a directory; fix the path or create it to download into"
@@ -435,7 +438,36 @@ def _load_splits(cfg: TrainConfig) -> dict[str, Any]:
             )
         pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))
         train = train.subset(pick[: cfg.train_subset].sort().values)
-    return {"train": train, **{split: load_dataset(cfg.data, split, **kw) for split in cfg.eval_splits}}
+    splits = {"train": train}
+    for split in cfg.eval_splits:
+        if has_split(cfg.data, split, val_size=cfg.val_size):
+            splits[split] = load_dataset(cfg.data, split, **kw)
+        elif talk:
+            why = "--val-size is 0" if split == "val" else "the folder has no val/ beside train/"
+            print(f"resnetlab: no {split} split to evaluate ({why})", file=sys.stderr)
+    if talk and "val" in splits and len(splits["val"]) < cfg.val_size:
+        total = len(splits["val"]) + len(train)
+        print(
+            f"resnetlab: holding out {len(splits['val'])} of the {total} training images as the val split "
+            f"(--val-size {cfg.val_size} is capped at {MAX_VAL_FRACTION:.0%} of a folder)",
+            file=sys.stderr,
+        )
+    return splits
+
+
+def _batch_that_fits(cfg: TrainConfig, train_examples: int, runtime: Runtime) -> TrainConfig:
+    """`cfg`, with a batch no larger than the training set (a few dozen images of one's own), so
+    every step takes all of them instead of no full batch being there to take; said on stderr."""
+    fits = train_examples - train_examples % runtime.world_size
+    if cfg.batch_size <= fits or fits == 0:
+        return cfg
+    if runtime.is_main:
+        print(
+            f"resnetlab: --batch-size {cfg.batch_size} is more than the {train_examples} training "
+            f"examples; each step takes {fits}",
+            file=sys.stderr,
+        )
+    return dataclasses.replace(cfg, batch_size=fits)
 
 
 def _model_meta(cfg: TrainConfig, train_set: Any) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import nn
 
-from resnetlab.data import load_dataset, make_loader, mirror_warning
+from resnetlab.data import has_split, load_dataset, make_loader, mirror_warning
 from resnetlab.errors import Error
 from resnetlab.train.checkpoint import inference_weights, load_model, require_meta
 from resnetlab.train.distributed import Runtime, resolve_device
@@ -139,7 +139,7 @@ def evaluate_checkpoint(
     *,
     data: str | None = None,
     data_dir: str | None = None,
-    split: str = "test",
+    split: str | None = None,
     batch_size: int = 512,
     device: str = "auto",
     amp: str = "none",
@@ -148,7 +148,8 @@ def evaluate_checkpoint(
 ) -> CheckpointEval:
     """Evaluate a run directory or weights file on a split; draws the confusion matrix PNG.
 
-    The data set defaults to the one the model was trained on; the PNG goes to
+    The data set defaults to the one the model was trained on, the split to test (val where the
+    data has no test split: a folder of class folders only); the PNG goes to
     RUN_DIR/confusion-SPLIT.png, or next to a weights file, unless `figure` names a path.
     """
     path = Path(path)
@@ -157,6 +158,8 @@ def evaluate_checkpoint(
     model, meta = load_model(weights, dev)
     require_meta(meta, ("data", "val_size", "seed"), weights)
     data = data or meta["data"]
+    if split is None:  # a folder of class folders has no test split, only its held-out val
+        split = "test" if has_split(data, "test", val_size=0) else "val"
     # A folder is cropped to the size the model trained at; the other data sets have one size.
     size = meta.get("image_size", 0) if data.startswith("imagefolder:") else 0
     val_size = meta["val_size"] if split == "val" else 0
