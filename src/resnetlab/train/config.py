@@ -49,7 +49,7 @@ class TrainConfig:
     val_size: int = _opt(
         5000,
         "examples held out of train as the val split, chosen by --seed [He15: 45k/5k]; image folders "
-        "hold out at most 20%; 0: no val split, so no val evaluation",
+        "hold out at most a fifth of theirs; 0: no val split, so no val evaluation",
     )
     crop_padding: int = _opt(
         0, "in-memory sets: pixels of zero padding before a random crop back to size (0: no crop)"
