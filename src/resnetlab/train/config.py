@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +28,9 @@ from resnetlab.errors import Error
 AMP_MODES = ("none", "bf16", "fp16")
 # Fields that do not change what a run computes, so they may differ when it is resumed.
 RESUME_MAY_CHANGE = ("out", "device", "progress")
+FREEZE_PATTERN = re.compile(r"none|stem|layer[1-9]\d*|head-only")  # see resnetlab.train.freeze
 SCHEDULES = ("step", "cosine", "onecycle", "constant")
+NORMALIZE = ("auto", "weights", "data")
 EVAL_SPLITS = ("val", "test")
 
 
@@ -43,6 +46,21 @@ class TrainConfig:
     # What to train on what.
     model: str = _opt("resnet20", "registered model name (see `resnetlab models`)")
     model_kwargs: dict[str, Any] = _opt({}, "extra create_model keyword arguments, e.g. norm=none,shortcut=B")
+    init_from: str | None = _opt(
+        None,
+        "start from these weights: a registry tag (resnet20.fmnist), a weights file, a run directory "
+        "or a URL; a head of another class count is re-initialised (none: random init)",
+    )
+    freeze: str = _opt(
+        "none", "train only what follows: none, stem, layerK (the stem and stages 1..K), head-only"
+    )
+    head_lr_mult: float = _opt(1.0, "the classifier's lr is this times --lr (a new head learns faster)")
+    normalize: str = _opt(
+        "auto",
+        "input mean/std: the weights' (ImageNet's for an ImageNet model) or the data's; "
+        "auto: the weights' with --init-from, else the data's",
+        choices=NORMALIZE,
+    )
     data: str = _opt("fashion-mnist", "fashion-mnist, mnist, cifar10, cifar100 or imagefolder:PATH")
     data_dir: str | None = _opt(None, "where the data set files are (none: the default search path)")
     train_subset: int | None = _opt(None, "train on only this many examples, chosen by --seed (none: all)")
@@ -61,7 +79,9 @@ class TrainConfig:
     workers: int = _opt(4, "DataLoader worker processes per rank (image folders only)")
     strict: bool = _opt(False, "image folders: an unreadable image stops the run instead of being skipped")
     image_size: int = _opt(
-        0, "image folders: side of the square crop, pixels (0: 224); other data keep theirs"
+        0,
+        "image folders: side of the square crop, pixels (0: the --init-from weights', else 224); "
+        "other data keep theirs",
     )
 
     # How long, and the optimizer.
@@ -130,6 +150,16 @@ class TrainConfig:
         _require(
             not (self.crop_padding and self.data.startswith("imagefolder:")),
             "--crop-padding applies to in-memory data sets; image folders take random-resized crops",
+        )
+        _require(
+            FREEZE_PATTERN.fullmatch(self.freeze) is not None,
+            f"--freeze takes none, stem, layerK (K = 1, 2, ...) or head-only, not {self.freeze!r}",
+        )
+        _require(self.head_lr_mult > 0, "--head-lr-mult must be positive")
+        _require(self.normalize in NORMALIZE, f"--normalize must be one of {', '.join(NORMALIZE)}")
+        _require(
+            self.normalize != "weights" or self.init_from is not None,
+            "--normalize weights needs --init-from: without weights there are none to follow",
         )
         _require(self.amp in AMP_MODES, f"--amp must be one of {', '.join(AMP_MODES)}")
         _require(self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}")
