@@ -21,6 +21,7 @@ _COMMAND_MODULES = (
     "resnetlab.data.commands",
     "resnetlab.train.commands",
     "resnetlab.experiments.commands",
+    "resnetlab.weights.commands",
 )
 
 

@@ -32,8 +32,12 @@ def md5sum(path: Path) -> str:
     return digest.hexdigest()
 
 
-def download(url: str, dest: Path, *, md5: str | None = None, timeout: float = 30.0) -> Path:
-    """Fetch `url` into `dest` if its md5 matches; on any failure no file is left behind.
+def download(
+    url: str, dest: Path, *, md5: str | None = None, sha256: str | None = None, timeout: float = 30.0
+) -> Path:
+    """Fetch `url` into `dest` if its md5 and sha256 match; on any failure no file is left behind.
+
+    `sha256` may be a prefix of the digest, as torchvision's file names carry the first 8 digits.
 
     The bytes go to a hidden temp file in dest's folder, are fsynced, checked, and renamed over
     `dest`, so a crash or Ctrl-C never leaves a half-written file under the real name.
@@ -43,14 +47,15 @@ def download(url: str, dest: Path, *, md5: str | None = None, timeout: float = 3
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as out:
-            digest = _fetch(url, out, dest.name, timeout)
+            digests = _fetch(url, out, dest.name, timeout)
             out.flush()
             os.fsync(out.fileno())
-        if md5 is not None and digest != md5:
-            raise Error(
-                f"checksum mismatch for {url}: md5 {digest}, expected {md5}; nothing was saved "
-                "(a proxy or captive portal may have answered instead of the server)"
-            )
+        for name, expected in (("md5", md5), ("sha256", sha256)):
+            if expected is not None and not digests[name].startswith(expected.lower()):
+                raise Error(
+                    f"checksum mismatch for {url}: {name} {digests[name]}, expected {expected}; nothing was "
+                    "saved (a proxy or captive portal may have answered instead of the server)"
+                )
         os.replace(tmp, dest)
         fsync_dir(dest.parent)
     except BaseException:
@@ -62,9 +67,9 @@ def download(url: str, dest: Path, *, md5: str | None = None, timeout: float = 3
     return dest
 
 
-def _fetch(url: str, out: BinaryIO, label: str, timeout: float) -> str:
-    """Stream `url` into `out` with a progress bar on a terminal; returns the md5 of the bytes."""
-    digest = hashlib.md5(usedforsecurity=False)
+def _fetch(url: str, out: BinaryIO, label: str, timeout: float) -> dict[str, str]:
+    """Stream `url` into `out` with a progress bar on a terminal; returns the bytes' md5 and sha256."""
+    digests = {"md5": hashlib.md5(usedforsecurity=False), "sha256": hashlib.sha256()}
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
@@ -74,13 +79,14 @@ def _fetch(url: str, out: BinaryIO, label: str, timeout: float) -> str:
             ) as bar:
                 while chunk := response.read(_CHUNK):
                     out.write(chunk)
-                    digest.update(chunk)
+                    for digest in digests.values():
+                        digest.update(chunk)
                     bar.update(len(chunk))
     except urllib.error.HTTPError as exc:
         raise DownloadError(f"cannot download {url} (HTTP {exc.code} {exc.reason})") from None
     except (OSError, http.client.HTTPException) as exc:  # refused, unreachable, timeouts, resets
         raise DownloadError(f"cannot download {url} ({getattr(exc, 'reason', None) or exc})") from None
-    return digest.hexdigest()
+    return {name: digest.hexdigest() for name, digest in digests.items()}
 
 
 def fsync_dir(path: Path) -> None:

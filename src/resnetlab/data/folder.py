@@ -60,8 +60,9 @@ class FolderDataset(Dataset):
         mean: tuple[float, ...],
         std: tuple[float, ...],
         image_size: int = DEFAULT_IMAGE_SIZE,
-        resize_size: int | None = None,
         strict: bool = False,
+        resize_size: int | None = None,
+        interpolation: str = "bilinear",
     ) -> None:
         self.root = Path(root)
         self.paths = paths  # (N,) bytes, relative to root
@@ -69,8 +70,11 @@ class FolderDataset(Dataset):
         self.classes = classes
         self.mean, self.std = mean, std  # per channel, [0, 1] units
         self.image_size = image_size  # pixels, side of the square crop
-        self._resize_size = resize_size  # pixels; None: image_size / 0.875
         self.strict = strict
+        # Short side before the evaluation centre crop: 256 for 224, the usual ImageNet ratio,
+        # unless pretrained weights ask for their own (torchvision's V2: 232).
+        self.resize_size = resize_size or round(image_size / 0.875)
+        self.interpolation = interpolation  # "bilinear" or "bicubic"
 
     @property
     def num_classes(self) -> int:
@@ -79,26 +83,6 @@ class FolderDataset(Dataset):
     @property
     def in_chans(self) -> int:
         return 3
-
-    @property
-    def resize_size(self) -> int:
-        """Short side before the evaluation centre crop: 256 for 224 (the usual ImageNet ratio),
-        unless set, e.g. to what pretrained weights were evaluated at."""
-        return self._resize_size or round(self.image_size / 0.875)
-
-    def resized(self, image_size: int, resize_size: int | None = None) -> FolderDataset:
-        """This split viewed at another crop side (and evaluation short side), pixels."""
-        return FolderDataset(
-            self.root,
-            self.paths,
-            self.labels,
-            self.classes,
-            mean=self.mean,
-            std=self.std,
-            image_size=image_size,
-            resize_size=resize_size,
-            strict=self.strict,
-        )
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -116,8 +100,9 @@ class FolderDataset(Dataset):
             mean=self.mean,
             std=self.std,
             image_size=self.image_size,
-            resize_size=self._resize_size,
             strict=self.strict,
+            resize_size=self.resize_size,
+            interpolation=self.interpolation,
         )
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
@@ -130,7 +115,8 @@ class FolderDataset(Dataset):
             box = centre_box(image.size, self.image_size, self.resize_size)
         else:
             box = random_resized_box(image.size, rng)
-        image = image.resize((self.image_size, self.image_size), Image.Resampling.BILINEAR, box=box)
+        resample = Image.Resampling.BICUBIC if self.interpolation == "bicubic" else Image.Resampling.BILINEAR
+        image = image.resize((self.image_size, self.image_size), resample, box=box)
         if flip and rng is not None and rng.random() < 0.5:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         return torch.from_numpy(np.array(image)).permute(2, 0, 1)

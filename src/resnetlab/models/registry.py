@@ -39,6 +39,17 @@ def get_builder(name: str) -> Callable[..., nn.Module]:
         raise ValueError(f"unknown model {name!r}{hint}") from None
 
 
-def create_model(name: str, **kwargs: object) -> nn.Module:
-    """Build a registered model: `create_model("resnet56", num_classes=10, in_chans=1)`."""
-    return get_builder(name)(**kwargs)
+def create_model(name: str, *, pretrained: object = None, **kwargs: object) -> nn.Module:
+    """Build a registered model: `create_model("resnet56", num_classes=10, in_chans=1)`.
+
+    `pretrained`: None/False for random weights; True (the model's default weights), a tag
+    ("tv2_in1k", "resnet50.tv2_in1k"), a checkpoint file, a URL or a resnetlab run directory
+    loads them (see resnetlab.weights) and sets `model.pretrained_cfg`.
+    """
+    if pretrained is None or pretrained is False:
+        return get_builder(name)(**kwargs)
+    get_builder(name)  # an unknown name fails before any download
+    # Imported here: resnetlab.weights builds models through this registry.
+    from resnetlab.weights import load_pretrained
+
+    return load_pretrained(name, pretrained, **kwargs)

@@ -27,7 +27,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from resnetlab.errors import Error
-from resnetlab.models import create_model
+from resnetlab.weights import load_pretrained
 
 MODEL_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
@@ -160,23 +160,19 @@ def inference_weights(path: str | Path) -> Path:
     return path
 
 
-def require_meta(meta: dict[str, Any], keys: tuple[str, ...], path: Path) -> None:
-    """Raise `Error` when a weights file's metadata lacks what the caller needs."""
-    missing = [key for key in keys if key not in meta]
+def require_meta(meta: dict[str, Any], keys: tuple[str, ...], path: str | Path) -> None:
+    """Raise `Error` when a weights file's metadata lacks (or leaves None) what the caller needs."""
+    missing = [key for key in keys if meta.get(key) is None]
     if missing:
         raise Error(f"{path} lacks {', '.join(missing)} in its metadata; use the weights of a resnetlab run")
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a trained model from a run directory or weights file: (model in eval mode, metadata)."""
-    weights = inference_weights(path)
-    state, meta = load_weights(weights)
-    require_meta(meta, ("model", "model_kwargs", "num_classes", "in_chans"), weights)
-    model = create_model(
-        meta["model"], num_classes=meta["num_classes"], in_chans=meta["in_chans"], **meta["model_kwargs"]
-    )
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise Error(f"the weights in {path} do not fit {meta['model']}: {str(exc).splitlines()[0]}") from None
-    return model.to(device).eval(), meta
+    """Rebuild a trained model: (model in eval mode, metadata).
+
+    `path` is anything `create_model(pretrained=...)` takes: a run directory, a weights file
+    (resnetlab or timm .safetensors, torchvision .pth), a registry tag or a URL. The metadata is
+    the model's `pretrained_cfg`: a run's stored metadata plus the preprocessing and class names.
+    """
+    model = load_pretrained(None, path)
+    return model.to(device).eval(), model.pretrained_cfg

@@ -57,10 +57,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev = subparsers.add_parser(
         "eval",
         help="top-1/top-5 error, per-class accuracy and a confusion matrix of a trained model",
-        description="Evaluate a run directory (its latest checkpoint; EMA weights when kept) or a "
-        ".safetensors weights file written by resnetlab.",
+        description="Evaluate a run directory (its latest checkpoint; EMA weights when kept), a "
+        "weights file (resnetlab or timm .safetensors, torchvision .pth), a pretrained tag of "
+        "`resnetlab weights` (e.g. resnet20.fmnist) or a URL.",
     )
-    ev.add_argument("path", metavar="RUN_DIR|WEIGHTS", help="run directory or .safetensors weights file")
+    ev.add_argument(
+        "path", metavar="RUN_DIR|WEIGHTS|TAG", help="run directory, weights file, pretrained tag or URL"
+    )
     ev.add_argument("--data", help="data set to evaluate on (default: the one it was trained on)")
     ev.add_argument("--data-dir", metavar="DIR", help="where the data set files are")
     ev.add_argument(
@@ -88,10 +91,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pr = subparsers.add_parser(
         "predict",
         help="top-k classes with probabilities for image files",
-        description="Classify image files with a trained model; class names come from the run.",
+        description="Classify image files with a trained model; class names come from the run or "
+        "the pretrained weights' registry entry. `resnetlab predict RUN_DIR IMAGE...` or "
+        "`resnetlab predict --weights resnet50.tv2_in1k IMAGE...`.",
     )
-    pr.add_argument("path", metavar="RUN_DIR|WEIGHTS", help="run directory or .safetensors weights file")
+    pr.add_argument(
+        "path",
+        metavar="RUN_DIR|WEIGHTS|TAG",
+        nargs="?",
+        help="run directory, weights file, pretrained tag or URL (or give --weights)",
+    )
     pr.add_argument("images", metavar="IMAGE", nargs="+", help="image files (any format Pillow reads)")
+    pr.add_argument(
+        "--weights", metavar="TAG|WEIGHTS", help="the model to use; then every argument is an image"
+    )
     pr.add_argument("--top-k", type=int, default=5, help="classes to show per image (default: 5)")
     pr.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     pr.set_defaults(func=run_predict)
@@ -211,7 +224,12 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    for prediction in predict(args.path, args.images, top_k=args.top_k, device=args.device):
+    source, images = args.path, args.images
+    if args.weights is not None:
+        source, images = args.weights, ([args.path] if args.path else []) + images
+    elif source is None:  # argparse fills IMAGE first, so a lone argument lands there
+        raise Error("give a model (RUN_DIR, weights file or --weights TAG) and at least one IMAGE")
+    for prediction in predict(source, images, top_k=args.top_k, device=args.device):
         ranked = ", ".join(f"{name} {100 * p:.1f}%" for name, p in prediction.top)
         print(f"{prediction.path}: {ranked}")
     return 0

@@ -19,9 +19,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import nn
 
-from resnetlab.data import has_split, load_dataset, make_loader, mirror_warning
+from resnetlab.data import FolderDataset, has_split, load_dataset, make_loader, mirror_warning
 from resnetlab.errors import Error
-from resnetlab.train.checkpoint import inference_weights, load_model, require_meta
+from resnetlab.train.checkpoint import load_model, require_meta
 from resnetlab.train.distributed import Runtime, resolve_device
 from resnetlab.train.precision import autocast
 
@@ -146,26 +146,34 @@ def evaluate_checkpoint(
     flip_tta: bool = False,
     figure: str | Path | None = None,
 ) -> CheckpointEval:
-    """Evaluate a run directory or weights file on a split; draws the confusion matrix PNG.
+    """Evaluate a run directory, weights file or registry tag on a split; draws the confusion PNG.
 
     The data set defaults to the one the model was trained on, the split to test (val where the
     data has no test split: a folder of class folders only); the PNG goes to
-    RUN_DIR/confusion-SPLIT.png, or next to a weights file, unless `figure` names a path.
+    RUN_DIR/confusion-SPLIT.png, next to a weights file, or for a tag or URL to
+    ./confusion-TAG-SPLIT.png, unless `figure` names a path. A folder is shown to the model the
+    way its weights expect: their crop, resize, interpolation and normalisation.
     """
-    path = Path(path)
-    weights = inference_weights(path)
     dev = resolve_device(device)
-    model, meta = load_model(weights, dev)
-    require_meta(meta, ("data", "val_size", "seed"), weights)
-    data = data or meta["data"]
+    model, meta = load_model(path, dev)
+    data = data or meta.get("data")
+    if not data:
+        raise Error(
+            f"{meta['tag'] or path} was trained on {meta.get('dataset') or 'data resnetlab does not know'}, "
+            "which resnetlab cannot fetch; give --data (imagefolder:DIR with DIR/val/<class>/ for ImageNet)"
+        )
     if split is None:  # a folder of class folders has no test split, only its held-out val
         split = "test" if has_split(data, "test", val_size=0) else "val"
-    # A folder is cropped to the size the model trained at; the other data sets have one size.
-    size = meta.get("image_size", 0) if data.startswith("imagefolder:") else 0
-    val_size = meta["val_size"] if split == "val" else 0
+    size = (meta.get("image_size") or 0) if data.startswith("imagefolder:") else 0
+    val_size = (meta.get("val_size") or 0) if split == "val" else 0
     dataset = load_dataset(
-        data, split, data_dir=data_dir, val_size=val_size, seed=meta["seed"], image_size=size
+        data, split, data_dir=data_dir, val_size=val_size, seed=meta.get("seed") or 0, image_size=size
     )
+    if isinstance(dataset, FolderDataset):
+        require_meta(meta, ("mean", "std", "resize_size"), meta["source"])
+        dataset.mean, dataset.std = tuple(meta["mean"]), tuple(meta["std"])
+        dataset.resize_size = meta["resize_size"]
+        dataset.interpolation = meta.get("interpolation") or "bilinear"
     if dataset.num_classes != meta["num_classes"] or dataset.in_chans != meta["in_chans"]:
         raise Error(
             f"{data} has {dataset.num_classes} classes and {dataset.in_chans} channels, but the model was "
@@ -176,8 +184,11 @@ def evaluate_checkpoint(
     loader = make_loader(dataset, batch_size=batch_size, train=False, device=dev)
     result = evaluate(model, loader, num_classes=meta["num_classes"], amp=amp, flip_tta=flip_tta)
     if figure is None:
-        folder = path if path.is_dir() else weights.parent
-        figure = folder / f"confusion-{split}.png"
+        local = Path(meta["source"])
+        if meta.get("tag") is not None or not local.exists():  # a registry file or a URL
+            figure = Path(f"confusion-{meta.get('tag') or local.stem}-{split}.png")
+        else:
+            figure = (Path(path) if Path(path).is_dir() else local.parent) / f"confusion-{split}.png"
     figure = Path(figure)
     views = " with flip TTA" if flip_tta else ""
     title = f"{meta['model']} on {data} {split}{views}: top-1 error {100 * result.err:.2f}%"

@@ -2,7 +2,8 @@
 
 Each image is shown to the model the way the training data's evaluation split was: converted to
 the model's channels, short side resized and centre-cropped to the training image size, and
-normalised with the training split's mean and std, all of which the weights file records.
+normalised with the training split's mean and std, all of which the weights file (or the
+registry entry of pretrained weights, `model.pretrained_cfg`) records.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from PIL import Image
 
 from resnetlab.data.folder import UnreadableImage, centre_box, decode
 from resnetlab.errors import Error
-from resnetlab.train.checkpoint import inference_weights, load_model, require_meta
+from resnetlab.train.checkpoint import load_model, require_meta
 from resnetlab.train.distributed import resolve_device
 
 
@@ -26,7 +27,12 @@ class Prediction:
     top: list[tuple[str, float]]  # (class name, probability), most likely first
 
 
-def load_image(path: str | Path, *, in_chans: int, image_size: int, resize_size: int) -> torch.Tensor:
+_RESAMPLING = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+def load_image(
+    path: str | Path, *, in_chans: int, image_size: int, resize_size: int, interpolation: str = "bilinear"
+) -> torch.Tensor:
     """(C, S, S) uint8 evaluation view of an image file; an unreadable file is an `Error`."""
     if not Path(path).is_file():
         raise Error(f"no image at {path}")
@@ -35,7 +41,9 @@ def load_image(path: str | Path, *, in_chans: int, image_size: int, resize_size:
     except UnreadableImage as exc:
         raise Error(f"cannot read image {exc}") from None
     box = centre_box(image.size, image_size, resize_size)
-    image = image.resize((image_size, image_size), Image.Resampling.BILINEAR, box=box)
+    if interpolation not in _RESAMPLING:
+        raise Error(f"unknown interpolation {interpolation!r}; choose from {', '.join(_RESAMPLING)}")
+    image = image.resize((image_size, image_size), _RESAMPLING[interpolation], box=box)
     array = np.array(image)
     return torch.from_numpy(array[None] if array.ndim == 2 else array.transpose(2, 0, 1).copy())
 
@@ -44,13 +52,15 @@ def load_image(path: str | Path, *, in_chans: int, image_size: int, resize_size:
 def predict(
     source: str | Path, images: list[str | Path], *, top_k: int = 5, device: str = "auto"
 ) -> list[Prediction]:
-    """Top-k predictions of a run directory's (or weights file's) model for each image file."""
+    """Top-k predictions for each image file of the model `source` names: a run directory, a
+    weights file, a registry tag or a URL (anything `create_model(pretrained=...)` takes)."""
     if top_k < 1:
         raise Error("--top-k must be at least 1")
     dev = resolve_device(device)
     model, meta = load_model(source, dev)
-    require_meta(meta, ("classes", "mean", "std", "image_size", "resize_size"), inference_weights(source))
+    require_meta(meta, ("classes", "mean", "std", "image_size", "resize_size"), meta["source"])
     view = {k: meta[k] for k in ("in_chans", "image_size", "resize_size")}
+    view["interpolation"] = meta.get("interpolation") or "bilinear"
     batch = torch.stack([load_image(path, **view) for path in images]).to(dev)
     mean = torch.tensor(meta["mean"], device=dev).view(1, -1, 1, 1)
     std = torch.tensor(meta["std"], device=dev).view(1, -1, 1, 1)
