@@ -10,6 +10,8 @@ Recipes:
   paper-imagenet  [He15 §3.4] batch 256, lr 0.1 /10 every 30 epochs, 90 epochs, wd 1e-4.
   fast            Nesterov, one-cycle lr, label smoothing, bf16 autocast, channels_last, EMA, no weight
                   decay on BN and biases; tuned on Fashion-MNIST's validation split (docs/training.md).
+  finetune        from pretrained weights (--init-from): 15 epochs, cosine, lr 0.01 with the head at
+                  10x, batch 32, light augmentation; tuned on a val split (docs/training.md).
   fast-long       `fast` for 60 epochs with random erasing, aimed at >= 95% on Fashion-MNIST
                   (resnet56: 95.20% test trained on all 60k; 94.95% test, 95.24% val on 55k;
                   40 epochs gave 94.57%; docs/training.md).
@@ -258,6 +260,24 @@ RECIPES: dict[str, TrainConfig] = {
         log_every=20,
     ),
 }
+# Fine-tuning pretrained weights (`resnetlab train --init-from` picks it by default): short,
+# cosine, a tenth of `fast`'s lr for the backbone and ten times that for the new head, light
+# augmentation, small batches for small sets. Tuned on the val split (docs/training.md).
+RECIPES["finetune"] = TrainConfig(
+    epochs=15,
+    batch_size=32,
+    lr=0.01,
+    nesterov=True,
+    weight_decay=5e-5,
+    wd_norm_bias=False,
+    schedule="cosine",
+    warmup=0.1,
+    head_lr_mult=10.0,
+    label_smoothing=0.1,
+    crop_padding=2,
+    flip=True,
+    log_every=10,
+)
 # resnet56: 40 epochs 95.02% val / 94.57% test, val still rising at the end; 60 epochs 95.24% / 94.95%;
 # 60 epochs on all 60k (--val-size 0) 95.20% test.
 RECIPES["fast-long"] = dataclasses.replace(RECIPES["fast"], epochs=60, erasing=0.5)

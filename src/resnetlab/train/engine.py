@@ -198,7 +198,7 @@ def _build_state(
         model = _create(cfg, train_set, is_main=runtime.is_main)
     normalization = follow_weights(cfg, getattr(model, "pretrained_cfg", None), [train_set, *splits.values()])
     frozen = freeze(model, cfg.freeze)
-    if frozen and runtime.is_main and cfg.progress:
+    if frozen and runtime.is_main:
         print(f"resnetlab: --freeze {cfg.freeze}: {', '.join(frozen)} frozen", file=sys.stderr)
 
     augment = Augment(cfg.crop_padding, cfg.flip, cfg.erasing, cfg.mixup, cfg.cutmix)
