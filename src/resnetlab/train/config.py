@@ -66,6 +66,12 @@ class TrainConfig:
     data: str = _opt("fashion-mnist", "fashion-mnist, mnist, cifar10, cifar100 or imagefolder:PATH")
     data_dir: str | None = _opt(None, "where the data set files are (none: the default search path)")
     train_subset: int | None = _opt(None, "train on only this many examples, chosen by --seed (none: all)")
+    classes: tuple[int, ...] = _opt(
+        (), "keep only these class indices, relabelled 0..N-1 in this order, in every split (empty: all)"
+    )
+    per_class: int | None = _opt(
+        None, "train on this many examples of each class, chosen by --seed (none: all)"
+    )
     val_size: int = _opt(
         5000,
         "examples held out of train as the val split, chosen by --seed [He15: 45k/5k]; image folders "
@@ -144,6 +150,15 @@ class TrainConfig:
             self.train_subset is None or self.train_subset > 0, "--train-subset must be positive or none"
         )
         _require(self.val_size >= 0, "--val-size must be >= 0")
+        _require(self.per_class is None or self.per_class > 0, "--per-class must be positive or none")
+        _require(
+            self.per_class is None or self.train_subset is None,
+            "--per-class and --train-subset both pick the training examples; give one of them",
+        )
+        _require(
+            len(set(self.classes)) == len(self.classes) and all(c >= 0 for c in self.classes),
+            "--classes takes distinct class indices >= 0, e.g. 5,6,7,8,9",
+        )
         _require(self.image_size >= 0, "--image-size must be >= 0 (0: 224)")
         _require(
             self.image_size == 0 or self.data.startswith("imagefolder:"),

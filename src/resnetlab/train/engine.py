@@ -32,7 +32,16 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from resnetlab.data import Augment, FolderDataset, has_split, load_dataset, make_loader, mirror_warning
+from resnetlab.data import (
+    Augment,
+    FolderDataset,
+    has_split,
+    load_dataset,
+    make_loader,
+    mirror_warning,
+    per_class_subset,
+    select_classes,
+)
 from resnetlab.data.folder import MAX_VAL_FRACTION
 from resnetlab.errors import Error
 from resnetlab.models import create_model
@@ -263,7 +272,19 @@ def _create(cfg: TrainConfig, train_set: Any, *, is_main: bool) -> nn.Module:
     if cfg.init_from is None:
         return create_model(cfg.model, **shape)
     with contextlib.redirect_stderr(sys.stderr if is_main else io.StringIO()):  # one rank says it
-        return create_model(cfg.model, pretrained=cfg.init_from, **shape)
+        model = create_model(cfg.model, pretrained=cfg.init_from, **shape)
+        known = model.pretrained_cfg.get("classes")
+        if known is not None and list(known) != list(train_set.classes):
+            # As many classes, but other ones (the transfer experiment's 5 + 5): a head that
+            # predicts the old ones is no start, so it starts fresh as for another class count.
+            model.reset_classifier(train_set.num_classes)
+            model.pretrained_cfg = {**model.pretrained_cfg, "classes": None}
+            print(
+                f"resnetlab: {cfg.init_from}: its head predicts other classes ({', '.join(known[:3])}, ...); "
+                "fc starts fresh",
+                file=sys.stderr,
+            )
+    return model
 
 
 def _restore(state: _State, runtime: Runtime) -> tuple[dict[str, torch.Tensor] | None, list[dict]]:
@@ -529,6 +550,10 @@ def _load_splits(cfg: TrainConfig, *, talk: bool) -> dict[str, Any]:
         image_size=cfg.image_size,
     )
     train = load_dataset(cfg.data, "train", **kw)
+    if cfg.classes:
+        train = select_classes(train, cfg.classes)
+    if cfg.per_class is not None:
+        train = per_class_subset(train, cfg.per_class, cfg.seed)
     if cfg.train_subset is not None:
         if cfg.train_subset > len(train):
             raise Error(
@@ -539,11 +564,12 @@ def _load_splits(cfg: TrainConfig, *, talk: bool) -> dict[str, Any]:
     splits = {"train": train}
     for split in cfg.eval_splits:
         if has_split(cfg.data, split, val_size=cfg.val_size):
-            splits[split] = load_dataset(cfg.data, split, **kw)
+            ds = load_dataset(cfg.data, split, **kw)
+            splits[split] = select_classes(ds, cfg.classes) if cfg.classes else ds
         elif talk:
             why = "--val-size is 0" if split == "val" else "the folder has no val/ beside train/"
             print(f"resnetlab: no {split} split to evaluate ({why})", file=sys.stderr)
-    if talk and "val" in splits and len(splits["val"]) < cfg.val_size:
+    if talk and "val" in splits and len(splits["val"]) < cfg.val_size and not cfg.classes:
         total = len(splits["val"]) + len(train)
         print(
             f"resnetlab: holding out {len(splits['val'])} of the {total} training images as the val split "
