@@ -37,8 +37,9 @@ TINY: dict[str, list[str]] = {
     "landscape": [*TRAIN, "--depth", "8", "--points-1d", "5", "--points-2d", "3", "--loss-examples", "32"],
     "shattered": ["--depths", "8,14", "--points", "32", "--lines", "2", "--max-lag", "4"],
     "transfer": [
-        "--pretrain-steps", "3", "--pretrain-per-class", "16", "--shots", "2,6", "--steps", "3",
-        "--batch-size", "8", "--seeds", "2", "--amp", "none", "--workers", "1",
+        "--pretrain-steps", "3", "--pretrain-per-class", "16", "--shots", "2,6", "--steps", "2",
+        "--batch-size", "8", "--seeds", "1", "--methods", "scratch,partial", "--amp", "none",
+        "--workers", "1",
     ],
 }  # fmt: skip
 
