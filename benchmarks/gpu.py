@@ -15,7 +15,9 @@ The anchor to compare with: NVIDIA's ResNet-50 v1.5 reaches 2,470 img/s with AMP
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+from collections.abc import Iterator
 
 import torch
 
@@ -54,14 +56,19 @@ def main(argv: list[str] | None = None) -> int:
     rows = [("none", "NCHW"), ("bf16", "channels_last")] + (
         [("fp16", "channels_last")] if device.type == "cuda" else []
     )
-    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     base = None
     for amp, layout in rows:
-        # fp32 means fp32: TF32 tensor cores would make the baseline a different precision.
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = amp != "none"
-        rate = measure(
-            "resnet50", data, batch, args.steps, pipeline="resnetlab", amp=amp, layout=layout, device=device
-        )
+        with _tf32(amp != "none"):
+            rate = measure(
+                "resnet50",
+                data,
+                batch,
+                args.steps,
+                pipeline="resnetlab",
+                amp=amp,
+                layout=layout,
+                device=device,
+            )
         base = base or rate
         precision = "fp32" if amp == "none" else amp
         print(
@@ -70,7 +77,6 @@ def main(argv: list[str] | None = None) -> int:
             ),
             flush=True,
         )
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
 
     batch = args.batch_size or 512
     fashion = load_dataset("fashion-mnist", "train")
@@ -78,17 +84,18 @@ def main(argv: list[str] | None = None) -> int:
     base = None
     for pipeline, amp, layout in [("baseline", "none", "NCHW"), ("resnetlab", "bf16", "channels_last")]:
         # the baseline as usually written for a GPU: worker processes and pinned memory
-        rate = measure(
-            "resnet20",
-            fashion,
-            batch,
-            args.steps,
-            pipeline=pipeline,
-            amp=amp,
-            layout=layout,
-            device=device,
-            workers=workers,
-        )
+        with _tf32(amp != "none"):
+            rate = measure(
+                "resnet20",
+                fashion,
+                batch,
+                args.steps,
+                pipeline=pipeline,
+                amp=amp,
+                layout=layout,
+                device=device,
+                workers=workers,
+            )
         base = base or rate
         label = f"loader w{workers}" if pipeline == "baseline" else "resident"
         precision = "fp32" if amp == "none" else amp
@@ -97,6 +104,18 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     return 0
+
+
+@contextlib.contextmanager
+def _tf32(enabled: bool) -> Iterator[None]:
+    """TF32 matmuls and convolutions on or off, restored afterwards. fp32 rows turn it off: TF32
+    tensor cores would make the baseline a different precision (cuDNN allows them by default)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 if __name__ == "__main__":

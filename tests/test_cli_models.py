@@ -22,6 +22,7 @@ def test_table_of_cifar_resnets(capsys: pytest.CaptureFixture[str]) -> None:
         "family",
         "depth",
         "block",
+        "stem",
         "shortcut",
         "params",
         "MACs",
@@ -37,13 +38,14 @@ def test_table_of_cifar_resnets(capsys: pytest.CaptureFixture[str]) -> None:
         "resnet50",
     ]
     resnet20 = rows[0].split()
-    assert resnet20[:8] == ["resnet20", "cifar", "20", "basic", "A", "269,722", "40.55M", "32px"]
+    assert resnet20[:9] == ["resnet20", "cifar", "20", "basic", "3x3", "A", "269,722", "40.55M", "32px"]
     assert "8.75%" in rows[0] and "[He15 Tab.6]" in rows[0]
-    assert rows[-1].split()[:8] == [
+    assert rows[-1].split()[:9] == [
         "resnet50",
         "imagenet",
         "50",
         "bottleneck",
+        "7x7",
         "B",
         "25,557,032",
         "4.09G",
@@ -51,11 +53,52 @@ def test_table_of_cifar_resnets(capsys: pytest.CaptureFixture[str]) -> None:
     ]
 
 
+def test_table_shows_resnet_d(capsys: pytest.CaptureFixture[str]) -> None:
+    _, out, _ = run(capsys, "*50d")
+    rows = [line.split() for line in out.splitlines()[1:]]
+    assert [r[:9] for r in rows] == [
+        ["plain50d", "imagenet", "50", "bottleneck", "deep", "none", "22,799,688", "3.97G", "224px"],
+        ["resnet50d", "imagenet", "50", "bottleneck", "deep", "B-avg", "25,576,264", "4.33G", "224px"],
+    ]
+    assert " ".join(rows[1][9:]) == "top-1 ~+1% over ResNet-50 [He19]"
+
+
 def test_table_shows_plain_twins_and_wide_nets(capsys: pytest.CaptureFixture[str]) -> None:
     _, plain, _ = run(capsys, "plain5?")
     assert "plain56" in plain and "853,018" in plain and " none " in plain and "plain50" in plain
     _, wide, _ = run(capsys, "wrn*")
     assert "36,479,194" in wide and "preact-basic" in wide and "5.24G" in wide
+
+
+def test_table_shows_resnext_and_wide_resnets(capsys: pytest.CaptureFixture[str]) -> None:
+    _, out, _ = run(capsys, "*101_*")
+    rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert list(rows) == ["plain101_32x8d", "plain101_64x4d", "resnext101_32x8d", "resnext101_64x4d"] + [
+        "wide_plain101_2",
+        "wide_resnet101_2",
+    ]
+    assert rows["resnext101_64x4d"].split()[3:8] == ["bottleneck-64x4d", "7x7", "B", "83,455,272", "15.46G"]
+    assert rows["wide_resnet101_2"].split()[3:8] == ["bottleneck-1x128d", "7x7", "B", "126,886,696", "22.75G"]
+    assert "83.246%" in rows["resnext101_64x4d"] and "[torchvision V1]" in rows["resnext101_64x4d"]
+    assert rows["plain101_64x4d"].split()[5] == "none"
+
+
+def test_a_model_registered_at_run_time_is_measured_live(capsys: pytest.CaptureFixture[str]) -> None:
+    from resnetlab.models import registry
+    from resnetlab.models.blocks import BasicBlock
+    from resnetlab.models.resnet import _imagenet
+
+    def tiny10(**kwargs: object):
+        return _imagenet(BasicBlock, [1, 1, 1, 1], kwargs)
+
+    params = sum(p.numel() for p in tiny10().parameters())
+    registry.register_model(tiny10)
+    try:
+        code, out, _ = run(capsys, "tiny*")
+    finally:
+        del registry._MODELS["tiny10"]
+    assert code == 0
+    assert out.splitlines()[1].split()[:7] == ["tiny10", "imagenet", "10", "basic", "7x7", "B", f"{params:,}"]
 
 
 def test_unknown_model_is_one_line_with_suggestions(capsys: pytest.CaptureFixture[str]) -> None:

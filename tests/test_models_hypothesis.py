@@ -42,7 +42,11 @@ def cifar_kwargs(draw: st.DrawFn) -> dict:
         "drop_path_rate": draw(st.floats(0.0, 0.9)) if residual else 0.0,
         "stride_in_1x1": bottleneck and draw(st.booleans()),
         "output_stride": draw(st.sampled_from([None, 1, 2, 4])),
+        "avg_down": shortcut in ("B", "C") and draw(st.booleans()),
     }
+    if bottleneck:  # ResNeXt / wide bottlenecks [Xie17]; 4 channels per group at planes 16 at least
+        kwargs["groups"] = draw(st.sampled_from([1, 2, 4]))
+        kwargs["base_width"] = draw(st.sampled_from([16, 32, 64, 128]))
     if draw(st.booleans()):
         kwargs["features_only"] = True
         kwargs["out_indices"] = tuple(sorted(draw(st.sets(st.integers(0, 3), min_size=1))))
@@ -65,19 +69,23 @@ def test_valid_cifar_arguments_build_and_run(kwargs: dict, train: bool) -> None:
     assert all(torch.isfinite(f).all() for f in (out if isinstance(out, list) else [out]))
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(
-    name=st.sampled_from(["resnet18", "plain18"]),
+    name=st.sampled_from(["resnet18", "plain18", "resnet18d", "plain18d"]),
     norm=st.sampled_from(["bn", "gn", "none"]),
     output_stride=st.sampled_from([None, 8, 16]),
-    in_chans=st.integers(1, 3),
+    in_chans=st.integers(1, 4),
+    size=st.integers(17, 40),  # odd sizes too: ResNet-D's ceil_mode pools must keep up
 )
 def test_valid_imagenet_arguments_build_and_run(
-    name: str, norm: str, output_stride: int | None, in_chans: int
+    name: str, norm: str, output_stride: int | None, in_chans: int, size: int
 ) -> None:
     model = create_model(name, norm=norm, output_stride=output_stride, in_chans=in_chans, num_classes=4)
     assert isinstance(model, ResNet)
-    assert model(torch.randn(2, in_chans, 32, 32)).shape == (2, 4)
+    assert model.first_conv().in_channels == in_chans
+    feats = model.forward_intermediates(torch.randn(2, in_chans, size, size))
+    assert [f.shape[1] for f in feats] == [i["num_chs"] for i in model.feature_info]
+    assert model.forward_head(model.forward_features(torch.randn(2, in_chans, size, size))).shape == (2, 4)
 
 
 # (option, invalid value, a word the message must contain to say what is valid)
@@ -96,6 +104,12 @@ INVALID = [
     ("output_stride", 32, "4, 2, 1"),  # a CIFAR net's native output stride is 4
     ("stride_in_1x1", True, "bottleneck"),
     ("out_indices", (1, 2), "features_only"),
+    ("groups", 32, "bottleneck"),  # these nets have basic blocks
+    ("base_width", 4, "bottleneck"),
+    ("groups", 0, ">= 1"),
+    ("stem", "deep", "CIFAR"),
+    ("stem", "3x3", "default, deep"),
+    ("avg_down", True, "avg_down=False"),  # option A has no projection to average into
     ("dropout", 0.5, "valid options"),
 ]
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,3 +73,62 @@ def test_time_to_accuracy_reports_test_accuracy_against_the_target(benchmarks, c
     header, values = capsys.readouterr().out.strip().splitlines()[-2:]
     assert header.split(" | ")[-4:] == ["val acc", "test acc", "flip TTA", "target"]
     assert " | none held out | " in values and values.endswith(">= 20.0%: met")
+
+
+def test_throughput_times_autotuned_kernels_as_fit_does(benchmarks, monkeypatch):
+    from benchmarks import throughput
+
+    seen, real = [], throughput.train_step
+
+    def recording(*args):
+        seen.append(torch.backends.cudnn.benchmark)
+        return real(*args)
+
+    monkeypatch.setattr(throughput, "train_step", recording)
+    saved = torch.backends.cudnn.benchmark
+    data = throughput.synthetic(8, 16, num_classes=10)
+    throughput.measure("resnet20", data, 4, 1, pipeline="resnetlab", amp="none", layout="NCHW")
+    assert seen == [True] * 3 and torch.backends.cudnn.benchmark == saved
+
+
+def test_the_dataloader_baselines_clock_starts_after_its_prefetched_batches(benchmarks, monkeypatch):
+    """A loader-bound baseline: 2 workers make a batch of 4 in 0.2 s each, so 40 img/s, and the
+    step itself costs nothing. The first 2 steps are slow (kernel selection on a GPU), which lets
+    the workers fill their prefetch slots (2 x 2 batches) before the clock starts."""
+    from benchmarks import throughput
+
+    item, calls = throughput.PerSampleDataset.__getitem__, []
+
+    def slow_item(self, i):
+        time.sleep(0.05)
+        return item(self, i)
+
+    def step(*args):
+        calls.append(1)
+        if len(calls) <= 2:
+            time.sleep(1.0)
+
+    monkeypatch.setattr(throughput.PerSampleDataset, "__getitem__", slow_item)
+    monkeypatch.setattr(throughput, "train_step", step)
+    data = throughput.synthetic(64, 16, num_classes=10)
+    rate = throughput.measure(
+        "resnet20", data, 4, 4, pipeline="baseline", amp="none", layout="NCHW", workers=2
+    )
+    assert rate < 80, rate  # about 40; counting the 4 prefetched batches as instant gave thousands
+
+
+def test_the_gpu_scripts_fp32_rows_run_without_tf32(benchmarks, monkeypatch, capsys):
+    from benchmarks import gpu
+
+    rows = []
+
+    def fake_measure(model, data, batch, steps, *, amp, **kw):
+        rows.append((model, amp, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+        return 100.0
+
+    monkeypatch.setattr(gpu, "measure", fake_measure)
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    assert gpu.main(["--device", "cpu", "--steps", "1", "--batch-size", "2", "--image-size", "32"]) == 0
+    fp32 = [r for r in rows if r[1] == "none"]
+    assert fp32 == [("resnet50", "none", False, False), ("resnet20", "none", False, False)]
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == saved

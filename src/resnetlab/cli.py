@@ -23,6 +23,9 @@ _COMMAND_MODULES = (
     "resnetlab.experiments.commands",
     "resnetlab.weights.commands",
 )
+# Subcommands that load their own module only: `resnetlab models` reads a table and answers
+# without importing torch, which alone takes seconds.
+_LIGHT_COMMANDS = {"models": "resnetlab.models.commands"}
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -32,20 +35,23 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-def build_parser() -> ArgumentParser:
+def build_parser(command: str | None = None) -> ArgumentParser:
+    """The parser of every subcommand, or of `command` alone where it is a light one."""
     parser = ArgumentParser(
         prog="resnetlab",
         description="Build, train, analyse and deploy residual networks and their plain twins.",
     )
     parser.add_argument("--version", action="version", version=f"resnetlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=ArgumentParser)
-    for name in _COMMAND_MODULES:
+    modules = [_LIGHT_COMMANDS[command]] if command in _LIGHT_COMMANDS else _COMMAND_MODULES
+    for name in modules:
         importlib.import_module(name).register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -53,6 +53,7 @@ def run_experiment(name: str, cfg: Any, *, preset: str, out: Path | None = None)
     """
     module = get_experiment(name)
     cfg = validated(cfg)
+    device = resolve_device(cfg.device)  # a device that is not there fails before any folder is made
     run_dir = Path(out) if out is not None else default_run_dir(name)
     if (run_dir / RESULTS_FILE).exists():
         raise Error(f"{run_dir} already holds a run; pass another --out or remove it")
@@ -73,7 +74,7 @@ def run_experiment(name: str, cfg: Any, *, preset: str, out: Path | None = None)
         command=command_for(name, preset, module.PRESETS, cfg),
         config=dataclasses.asdict(cfg),
         outcome=outcome,
-        provenance=provenance(str(resolve_device(cfg.device)), time.perf_counter() - t0, started),
+        provenance=provenance(str(device), time.perf_counter() - t0, started),
     )
     record.save(run_dir)
     write_run_report(run_dir)

@@ -130,14 +130,20 @@ def fixed_batches(
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Batches) -> tuple[float, float]:
-    """(mean cross-entropy, error fraction) of `model` over `batches`, in the model's current mode."""
-    loss_sum, wrong, count = 0.0, 0, 0
+    """(mean cross-entropy, error fraction) of `model` over `batches`, in the model's current mode.
+
+    The sums stay on the device until the end: one wait for it per call, not two per batch.
+    """
+    device = next(model.parameters()).device
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    wrong = torch.zeros((), dtype=torch.int64, device=device)
+    count = 0
     for x, y in batches:
         logits = model(x)
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        wrong += (logits.argmax(1) != y).sum().item()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        wrong += (logits.argmax(1) != y).sum()
         count += len(y)
-    return loss_sum / count, wrong / count
+    return float(loss_sum) / count, int(wrong) / count
 
 
 def batch_norms(model: nn.Module) -> list[nn.BatchNorm2d]:

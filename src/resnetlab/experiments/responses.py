@@ -71,16 +71,18 @@ PRESETS = {
 
 
 @torch.no_grad()
-def response_stds(model: nn.Module, batches: Batches) -> list[float]:
-    """Std of every `response_layers()` output over `batches`, in forward order (eval mode)."""
+def response_moments(model: nn.Module, batches: Batches) -> Tensor:
+    """(count, sum, sum of squares) of every `response_layers()` output over `batches`, in forward
+    order (eval mode): (layers, 3) float64, on the model's device, so the hooks never sync."""
     layers = [m for block in model.blocks() for m in block.response_layers()]
-    sums = torch.zeros(len(layers), 3, dtype=torch.float64)  # per layer: count, sum, sum of squares
+    device = next(model.parameters()).device
+    sums = torch.zeros(len(layers), 3, dtype=torch.float64, device=device)
 
     def record(k: int, output: Tensor) -> None:
         out = output.double()
-        sums[k] += torch.stack(
-            [torch.tensor(float(out.numel()), dtype=torch.float64), out.sum(), (out * out).sum()]
-        )
+        sums[k, 0] += out.numel()
+        sums[k, 1] += out.sum()
+        sums[k, 2] += (out * out).sum()
 
     handles = [m.register_forward_hook(lambda _m, _i, out, k=k: record(k, out)) for k, m in enumerate(layers)]
     try:
@@ -90,7 +92,12 @@ def response_stds(model: nn.Module, batches: Batches) -> list[float]:
     finally:
         for h in handles:
             h.remove()
-    n, s, ss = sums.unbind(1)
+    return sums
+
+
+def response_stds(model: nn.Module, batches: Batches) -> list[float]:
+    """Std of every `response_layers()` output over `batches`, in forward order (eval mode)."""
+    n, s, ss = response_moments(model, batches).cpu().unbind(1)
     return ((ss / n - (s / n) ** 2).clamp_min(0)).sqrt().tolist()
 
 

@@ -11,7 +11,20 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from resnetlab.errors import Error
 from resnetlab.models.layers import DropPath, conv1x1, conv3x3, make_norm, make_shortcut, zero_init_
+
+
+def bottleneck_width(planes: int, groups: int, base_width: int) -> int:
+    """Channels of a bottleneck's 3x3: planes * base_width / 64 per group, times groups [Xie17];
+    planes for ResNet's own (1, 64), 4 * 32 = 128 in ResNeXt-50 32x4d's first stage."""
+    width = planes * base_width // 64 * groups
+    if width < 1:
+        raise Error(
+            f"base_width {base_width} leaves no channel per group at {planes} planes: "
+            f"use base_width >= {-(-64 // planes)}"
+        )
+    return width
 
 
 class _Unit(nn.Module):
@@ -40,13 +53,14 @@ class BasicBlock(_Unit):
         shortcut: str = "B",
         norm: str = "bn",
         drop_path: float = 0.0,
+        avg_down: bool = False,
     ) -> None:
         super().__init__()
         self.conv1 = conv3x3(inplanes, planes, stride, dilation)
         self.bn1 = make_norm(norm, planes)
         self.conv2 = conv3x3(planes, planes, dilation=dilation)
         self.bn2 = make_norm(norm, planes)
-        self.downsample = make_shortcut(shortcut, inplanes, planes, stride, norm)
+        self.downsample = make_shortcut(shortcut, inplanes, planes, stride, norm, avg_down=avg_down)
         self.has_shortcut = shortcut != "none"
         self.drop_path = DropPath(drop_path)
 
@@ -75,7 +89,9 @@ class Bottleneck(_Unit):
     """1x1 reduce, 3x3, 1x1 expand (x4) [He15 Fig. 5 right].
 
     The stride sits on the 3x3 conv as in torchvision ("v1.5"); `stride_in_1x1=True` puts it on
-    the first 1x1 as in the paper ("v1").
+    the first 1x1 as in the paper ("v1"). `groups` and `base_width` set the inner width: ResNeXt
+    "32x4d" is a 3x3 of 32 groups of 4 channels at planes 64 [Xie17 Fig. 3(c)], Wide ResNet-50-2
+    is base_width 128 [Zagoruyko16]; the defaults (1, 64) are ResNet's own bottleneck.
     """
 
     expansion = 4
@@ -90,17 +106,23 @@ class Bottleneck(_Unit):
         shortcut: str = "B",
         norm: str = "bn",
         drop_path: float = 0.0,
+        avg_down: bool = False,
         stride_in_1x1: bool = False,
+        groups: int = 1,
+        base_width: int = 64,
     ) -> None:
         super().__init__()
         stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
-        self.conv1 = conv1x1(inplanes, planes, stride_1x1)
-        self.bn1 = make_norm(norm, planes)
-        self.conv2 = conv3x3(planes, planes, stride_3x3, dilation)
-        self.bn2 = make_norm(norm, planes)
-        self.conv3 = conv1x1(planes, planes * self.expansion)
+        width = bottleneck_width(planes, groups, base_width)
+        self.conv1 = conv1x1(inplanes, width, stride_1x1)
+        self.bn1 = make_norm(norm, width)
+        self.conv2 = conv3x3(width, width, stride_3x3, dilation, groups)
+        self.bn2 = make_norm(norm, width)
+        self.conv3 = conv1x1(width, planes * self.expansion)
         self.bn3 = make_norm(norm, planes * self.expansion)
-        self.downsample = make_shortcut(shortcut, inplanes, planes * self.expansion, stride, norm)
+        self.downsample = make_shortcut(
+            shortcut, inplanes, planes * self.expansion, stride, norm, avg_down=avg_down
+        )
         self.has_shortcut = shortcut != "none"
         self.drop_path = DropPath(drop_path)
 
@@ -144,13 +166,16 @@ class PreActBasicBlock(_Unit):
         shortcut: str = "B",
         norm: str = "bn",
         drop_path: float = 0.0,
+        avg_down: bool = False,
     ) -> None:
         super().__init__()
         self.bn1 = make_norm(norm, inplanes)
         self.conv1 = conv3x3(inplanes, planes, stride, dilation)
         self.bn2 = make_norm(norm, planes)
         self.conv2 = conv3x3(planes, planes, dilation=dilation)
-        self.downsample = make_shortcut(shortcut, inplanes, planes, stride, norm, preact=True)
+        self.downsample = make_shortcut(
+            shortcut, inplanes, planes, stride, norm, preact=True, avg_down=avg_down
+        )
         self.has_shortcut = shortcut != "none"
         self.drop_path = DropPath(drop_path)
 
@@ -175,6 +200,7 @@ class PreActBottleneck(_Unit):
     """Pre-activation bottleneck unit [He16]: BN-ReLU-1x1, BN-ReLU-3x3, BN-ReLU-1x1 (x4), plus x.
 
     The stride sits on the 3x3 conv, as in the authors' code; `stride_in_1x1=True` moves it.
+    `groups` and `base_width` set the inner width as in `Bottleneck`.
     """
 
     expansion = 4
@@ -190,18 +216,22 @@ class PreActBottleneck(_Unit):
         shortcut: str = "B",
         norm: str = "bn",
         drop_path: float = 0.0,
+        avg_down: bool = False,
         stride_in_1x1: bool = False,
+        groups: int = 1,
+        base_width: int = 64,
     ) -> None:
         super().__init__()
         stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
+        width = bottleneck_width(planes, groups, base_width)
         self.bn1 = make_norm(norm, inplanes)
-        self.conv1 = conv1x1(inplanes, planes, stride_1x1)
-        self.bn2 = make_norm(norm, planes)
-        self.conv2 = conv3x3(planes, planes, stride_3x3, dilation)
-        self.bn3 = make_norm(norm, planes)
-        self.conv3 = conv1x1(planes, planes * self.expansion)
+        self.conv1 = conv1x1(inplanes, width, stride_1x1)
+        self.bn2 = make_norm(norm, width)
+        self.conv2 = conv3x3(width, width, stride_3x3, dilation, groups)
+        self.bn3 = make_norm(norm, width)
+        self.conv3 = conv1x1(width, planes * self.expansion)
         self.downsample = make_shortcut(
-            shortcut, inplanes, planes * self.expansion, stride, norm, preact=True
+            shortcut, inplanes, planes * self.expansion, stride, norm, preact=True, avg_down=avg_down
         )
         self.has_shortcut = shortcut != "none"
         self.drop_path = DropPath(drop_path)

@@ -1,4 +1,8 @@
-"""`resnetlab models [PATTERN]`: the model zoo as a table, measured rather than quoted."""
+"""`resnetlab models [PATTERN]`: the model zoo as a table, measured rather than quoted.
+
+The rows come from model_table.json (see `resnetlab.models.table`), so the command answers
+without importing torch; a model registered at run time, not in the file, is measured live.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,10 @@ import argparse
 import re
 
 from resnetlab.errors import Error
-from resnetlab.models.registry import get_builder, list_models
-from resnetlab.models.summary import ModelSummary, summarize
+from resnetlab.models.registry import match_names, registered_names, unknown_model
+from resnetlab.models.table import ModelSummary, load_table
 
-_COLUMNS = ("name", "family", "depth", "block", "shortcut", "params", "MACs", "input", "paper")
+_COLUMNS = ("name", "family", "depth", "block", "stem", "shortcut", "params", "MACs", "input", "paper")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,14 +28,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    names = list_models(args.pattern)
+    table = load_table()
+    known = list(table) + [name for name in registered_names() if name not in table]
+    names = match_names(args.pattern, known)
     if not names:
         if not re.search(r"[*?\[]", args.pattern):
-            get_builder(args.pattern)  # raises "unknown model ...; did you mean ..."
+            raise unknown_model(args.pattern, known)  # "unknown model ...; did you mean ..."
         raise Error(f"no model matches {args.pattern!r}; `resnetlab models` lists them all")
-    rows = sorted((summarize(name) for name in names), key=lambda s: s.family)  # stable: keeps name order
+    rows = sorted((table.get(name) or _measure(name) for name in names), key=lambda s: s.family)  # stable
     print(format_table(rows))
     return 0
+
+
+def _measure(name: str) -> ModelSummary:
+    from resnetlab.models.summary import summarize  # imports torch: only for models not in the file
+
+    return summarize(name)
 
 
 def format_table(rows: list[ModelSummary]) -> str:
@@ -42,6 +54,7 @@ def format_table(rows: list[ModelSummary]) -> str:
             s.family,
             str(s.depth),
             s.block,
+            s.stem,
             s.shortcut,
             f"{s.params:,}",
             _si(s.macs),
@@ -51,7 +64,7 @@ def format_table(rows: list[ModelSummary]) -> str:
         for s in rows
     ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(_COLUMNS))]
-    numeric = {2, 5, 6, 7}  # right-aligned columns
+    numeric = {2, 6, 7, 8}  # right-aligned columns
     lines = []
     for row in cells:
         pairs = enumerate(zip(row, widths, strict=True))

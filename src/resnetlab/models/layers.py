@@ -14,10 +14,13 @@ NORMS = ("bn", "frozen_bn", "gn", "none")
 SHORTCUTS = ("A", "B", "C", "none")
 
 
-def conv3x3(in_chans: int, out_chans: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
-    """3x3 conv that keeps the spatial size at stride 1. No bias: a norm follows it (and with
-    norm="none" the study is of the bare convs, as in the plain-net experiments)."""
-    return nn.Conv2d(in_chans, out_chans, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
+def conv3x3(in_chans: int, out_chans: int, stride: int = 1, dilation: int = 1, groups: int = 1) -> nn.Conv2d:
+    """3x3 conv that keeps the spatial size at stride 1; `groups` > 1 is ResNeXt's grouped conv
+    [Xie17]. No bias: a norm follows it (and with norm="none" the study is of the bare convs, as
+    in the plain-net experiments)."""
+    return nn.Conv2d(
+        in_chans, out_chans, 3, stride=stride, padding=dilation, dilation=dilation, groups=groups, bias=False
+    )
 
 
 def conv1x1(in_chans: int, out_chans: int, stride: int = 1) -> nn.Conv2d:
@@ -96,23 +99,42 @@ class ZeroPadShortcut(nn.Module):
 
 
 def make_shortcut(
-    kind: str, in_chans: int, out_chans: int, stride: int, norm: str, *, preact: bool = False
+    kind: str,
+    in_chans: int,
+    out_chans: int,
+    stride: int,
+    norm: str,
+    *,
+    preact: bool = False,
+    avg_down: bool = False,
 ) -> nn.Module | None:
     """The shortcut module of one block, or None for the identity.
 
     "B" projects only where the shape changes, "C" everywhere [He15 §3.3]. Projections are
     1x1 conv + norm (torchvision's `downsample.0/.1`); pre-activation blocks use the bare conv,
-    since the next block normalises the sum [He16]. "A" and "none" (plain) get the option-A
-    mapping where the shape changes: a plain block never adds it, but analyses can still ask
-    for it through `block.shortcut(x)`.
+    since the next block normalises the sum [He16]. `avg_down` is ResNet-D's projection [He19]:
+    a strided 1x1 conv reads one pixel in four, so a 2x2 average pool (an identity at stride 1)
+    comes first and the conv has stride 1 (timm's `downsample.0` pool, `.1` conv, `.2` norm).
+    "A" and "none" (plain) get the option-A mapping where the shape changes: a plain block never
+    adds it, but analyses can still ask for it through `block.shortcut(x)`.
     """
     if kind not in SHORTCUTS:
         raise Error(f"shortcut must be one of {', '.join(SHORTCUTS)}; got {kind!r}")
     reshapes = stride != 1 or in_chans != out_chans
     if kind == "C" or (kind == "B" and reshapes):
+        if avg_down:
+            # ceil_mode: an odd map keeps the size of the branch's 3x3/2 output (7 px -> 4).
+            pool = (
+                nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False)
+                if stride > 1
+                else nn.Identity()
+            )
+            layers = [pool, conv1x1(in_chans, out_chans)]
+        else:
+            layers = [conv1x1(in_chans, out_chans, stride)]
         if preact:
-            return conv1x1(in_chans, out_chans, stride)
-        return nn.Sequential(conv1x1(in_chans, out_chans, stride), make_norm(norm, out_chans))
+            return layers[0] if len(layers) == 1 else nn.Sequential(*layers)
+        return nn.Sequential(*layers, make_norm(norm, out_chans))
     if reshapes:
         return ZeroPadShortcut(in_chans, out_chans, stride)
     return None

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from resnetlab.errors import Error
 from resnetlab.models.layers import NORMS, SHORTCUTS
 
+STEMS = ("default", "deep")
+
 
 @dataclass(frozen=True)
 class ResNetOptions:
@@ -21,6 +23,10 @@ class ResNetOptions:
     zero_init_residual: bool = False  # every block starts as the identity [Goyal17]
     drop_path_rate: float = 0.0  # stochastic depth: drop probability of the last block [Huang16]
     stride_in_1x1: bool = False  # bottleneck stride on the first 1x1 (paper, "v1"), not the 3x3 ("v1.5")
+    groups: int = 1  # groups of the bottleneck 3x3, ResNeXt's cardinality C: 32 in "32x4d" [Xie17]
+    base_width: int = 64  # bottleneck 3x3 channels per group at planes 64: 4 in "32x4d"; 128 = wide
+    stem: str = "default"  # "default" (7x7/2 ImageNet, 3x3 CIFAR) or "deep": 3x3 convs 32/2-32-64 [He19]
+    avg_down: bool = False  # projections: 2x2/2 average pool, then 1x1/1 conv + norm (ResNet-D) [He19]
     output_stride: int | None = None  # input size / final feature size; None = native (ImageNet 32, CIFAR 4)
     features_only: bool = False  # forward returns the stage maps listed by out_indices, no classifier
     out_indices: tuple[int, ...] | None = None  # indices into forward_intermediates(); None = all
@@ -39,7 +45,10 @@ class ResNetOptions:
         _check_int("in_chans", self.in_chans, 1)
         _check_choice("shortcut", self.shortcut, SHORTCUTS)
         _check_choice("norm", self.norm, NORMS)
-        for name in ("zero_init_residual", "stride_in_1x1", "features_only"):
+        _check_int("groups", self.groups, 1)
+        _check_int("base_width", self.base_width, 1)
+        _check_choice("stem", self.stem, STEMS)
+        for name in ("zero_init_residual", "stride_in_1x1", "avg_down", "features_only"):
             if not isinstance(getattr(self, name), bool):
                 raise Error(f"{name} must be True or False; got {getattr(self, name)!r}")
         rate = self.drop_path_rate
@@ -49,6 +58,11 @@ class ResNetOptions:
             raise Error("zero_init_residual needs a shortcut: a plain block with a zeroed branch outputs 0")
         if self.shortcut == "none" and rate > 0:
             raise Error("drop_path_rate needs a shortcut: a plain block has no identity path to fall back on")
+        if self.avg_down and self.shortcut not in ("B", "C"):
+            raise Error(
+                f"avg_down changes projection shortcuts (B or C) and shortcut {self.shortcut!r} has none; "
+                "pass avg_down=False"
+            )
         if self.output_stride is not None:
             _check_choice("output_stride", self.output_stride, (1, 2, 4, 8, 16, 32))
         if self.out_indices is not None:

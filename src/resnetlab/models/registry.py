@@ -5,9 +5,11 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
-from torch import nn
+if TYPE_CHECKING:  # torch takes seconds to import; `resnetlab models` only needs the names
+    from torch import nn
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -20,23 +22,45 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     return fn
 
 
+def _load_builtins() -> None:
+    """Import the built-in builders, which register themselves; deferred to the first lookup."""
+    import resnetlab.models.resnet  # noqa: F401
+
+
+def registered_names() -> list[str]:
+    """Names registered so far, without loading the built-in builders (and torch)."""
+    return list(_MODELS)
+
+
 def list_models(pattern: str = "*") -> list[str]:
     """Registered model names matching a shell-style pattern, in natural order (resnet20 < resnet110)."""
-    return sorted((name for name in _MODELS if fnmatch.fnmatchcase(name, pattern)), key=_natural_key)
+    _load_builtins()
+    return match_names(pattern, _MODELS)
+
+
+def match_names(pattern: str, names: Iterable[str]) -> list[str]:
+    """The names matching a shell-style pattern, in natural order."""
+    return sorted((name for name in names if fnmatch.fnmatchcase(name, pattern)), key=_natural_key)
 
 
 def _natural_key(name: str) -> list[str | int]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
+def unknown_model(name: str, names: Iterable[str]) -> ValueError:
+    """The error for a name that is not among `names`, with the closest ones as suggestions."""
+    close = difflib.get_close_matches(name, list(names), n=5, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; see `resnetlab models`"
+    return ValueError(f"unknown model {name!r}{hint}")
+
+
 def get_builder(name: str) -> Callable[..., nn.Module]:
     """The builder registered as `name`; unknown names raise ValueError with close matches."""
+    _load_builtins()
     try:
         return _MODELS[name]
     except KeyError:
-        close = difflib.get_close_matches(name, _MODELS, n=5, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; see `resnetlab models`"
-        raise ValueError(f"unknown model {name!r}{hint}") from None
+        raise unknown_model(name, _MODELS) from None
 
 
 def create_model(name: str, *, pretrained: object = None, **kwargs: object) -> nn.Module:

@@ -1,10 +1,13 @@
-"""Residual networks and their plain twins [He15], pre-activation [He16] and wide [Zagoruyko16].
+"""Residual networks and their plain twins [He15], pre-activation [He16], wide [Zagoruyko16],
+ResNeXt [Xie17] and ResNet-D [He19].
 
 One `ResNet` class covers both families of the paper:
 - CIFAR [He15 §4.2]: 3x3 stem with 16 filters, three stages of 16/32/64 x width on 32/16/8 px;
 - ImageNet [He15 Table 1]: 7x7/2 stem with 64 filters and a 3x3/2 max-pool, four stages of
   64/128/256/512 on 56/28/14/7 px.
 The builders at the bottom are registered by name; their defaults are the papers' settings.
+A plain twin's name is its ResNet's with `resnet` or `resnext` replaced by `plain`
+(resnet50 -> plain50, resnext50_32x4d -> plain50_32x4d, wide_resnet50_2 -> wide_plain50_2).
 """
 
 from __future__ import annotations
@@ -17,13 +20,13 @@ from torch import Tensor, nn
 
 from resnetlab.errors import Error
 from resnetlab.models.blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck
-from resnetlab.models.layers import make_norm
+from resnetlab.models.layers import conv3x3, make_norm
 from resnetlab.models.options import ResNetOptions
 from resnetlab.models.registry import register_model
 
 Block = type[BasicBlock] | type[Bottleneck] | type[PreActBasicBlock] | type[PreActBottleneck]
 
-_STEMS = {"cifar": (16, 1), "imagenet": (64, 4)}  # stem: (output channels, reduction)
+_STEMS = {"cifar": (16, 1), "imagenet": (64, 4)}  # family: stem (output channels, reduction)
 
 
 class ResNet(nn.Module):
@@ -34,30 +37,51 @@ class ResNet(nn.Module):
     """
 
     def __init__(
-        self, block: Block, layers: Sequence[int], *, widths: Sequence[int], stem: str, options: ResNetOptions
+        self,
+        block: Block,
+        layers: Sequence[int],
+        *,
+        widths: Sequence[int],
+        family: str,
+        options: ResNetOptions,
     ) -> None:
         super().__init__()
         o = options
-        if block.expansion == 1 and o.stride_in_1x1:
+        bottleneck = block.expansion > 1
+        if not bottleneck and o.stride_in_1x1:
             raise Error("stride_in_1x1 applies to bottleneck blocks only (it moves the stride to the 1x1)")
-        stem_width, stem_reduction = _STEMS[stem]
-        self.family, self.preact, self.shortcut_type, self.norm = stem, block.preact, o.shortcut, o.norm
-        self.in_chans = o.in_chans
+        if not bottleneck and (o.groups, o.base_width) != (1, 64):
+            raise Error(
+                "groups and base_width apply to bottleneck blocks only (ResNeXt, Wide ResNet): "
+                "a basic block has no inner 3x3 to group or widen"
+            )
+        if o.stem == "deep" and family != "imagenet":
+            raise Error(
+                "stem='deep' replaces the 7x7 ImageNet stem [He19]; a CIFAR net's stem is one 3x3 conv"
+            )
+        stem_width, stem_reduction = _STEMS[family]
+        self.family, self.preact, self.shortcut_type, self.norm = family, block.preact, o.shortcut, o.norm
+        self.stem_type, self.avg_down, self.in_chans = o.stem, o.avg_down, o.in_chans
+        self.groups, self.base_width = o.groups, o.base_width
 
-        if stem == "cifar":
-            self.conv1 = nn.Conv2d(o.in_chans, stem_width, 3, padding=1, bias=False)
+        if family == "cifar":
+            self.conv1: nn.Module = nn.Conv2d(o.in_chans, stem_width, 3, padding=1, bias=False)
+        elif o.stem == "deep":
+            self.conv1 = _deep_stem(o.in_chans, stem_width, o.norm)
         else:
             self.conv1 = nn.Conv2d(o.in_chans, stem_width, 7, stride=2, padding=3, bias=False)
         # A pre-activation net starts with a bare conv: the first unit normalises its input [He16].
         self.bn1 = nn.Identity() if self.preact else make_norm(o.norm, stem_width)
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if stem == "imagenet" else nn.Identity()
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if family == "imagenet" else nn.Identity()
 
         # Stochastic depth: block l of L is dropped with probability rate * l / L [Huang16].
         total = sum(layers)
         drop_rates = [o.drop_path_rate * (i + 1) / total for i in range(total)]
         geometry = _stage_geometry(len(layers), stem_reduction, o.output_stride)
 
-        extra = {"stride_in_1x1": o.stride_in_1x1} if block.expansion > 1 else {}
+        extra: dict[str, Any] = {"avg_down": o.avg_down}
+        if bottleneck:
+            extra |= {"stride_in_1x1": o.stride_in_1x1, "groups": o.groups, "base_width": o.base_width}
         inplanes = stem_width
         self.feature_info = [
             {"index": 0, "module": "stem", "num_chs": stem_width, "reduction": stem_reduction}
@@ -122,6 +146,10 @@ class ResNet(nn.Module):
         self.num_classes = num_classes
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
 
+    def first_conv(self) -> nn.Conv2d:
+        """The conv that reads the input: `conv1`, or `conv1.0` of the deep stem."""
+        return self.conv1 if isinstance(self.conv1, nn.Conv2d) else self.conv1[0]
+
     def stem(self, x: Tensor) -> Tensor:
         """(N, in_chans, H, W) -> (N, stem width, H / r, W / r); r = 1 (CIFAR) or 4 (ImageNet)."""
         x = self.conv1(x)
@@ -155,6 +183,23 @@ class ResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+def _deep_stem(in_chans: int, width: int, norm: str) -> nn.Sequential:
+    """The deep stem of ResNet-C, kept by ResNet-D [He19 Fig. 2(b)]: three 3x3 convs 32/2, 32, 64 in
+    place of the 7x7/2 (0.24G MACs more at 224 px: 64 channels at 112 px cost more than 3). The
+    first two carry their norm and ReLU; the last one's are the net's `bn1`, so the indices are
+    timm's: `conv1.0` conv, `.1` norm, `.3`, `.4`, `.6`."""
+    mid = width // 2
+    return nn.Sequential(
+        nn.Conv2d(in_chans, mid, 3, stride=2, padding=1, bias=False),
+        make_norm(norm, mid),
+        nn.ReLU(inplace=True),
+        conv3x3(mid, mid),
+        make_norm(norm, mid),
+        nn.ReLU(inplace=True),
+        conv3x3(mid, width),
+    )
+
+
 def _stage_geometry(
     num_stages: int, stem_reduction: int, output_stride: int | None
 ) -> list[tuple[int, tuple[int, int], int]]:
@@ -184,7 +229,7 @@ def _stage_geometry(
 def _cifar(block: Block, n: int, width: int, kwargs: dict[str, Any], **defaults: Any) -> ResNet:
     options = ResNetOptions.parse(kwargs, **{"num_classes": 10, "shortcut": "A", **defaults})
     widths = [16 * width, 32 * width, 64 * width]
-    return ResNet(block, [n, n, n], widths=widths, stem="cifar", options=options)
+    return ResNet(block, [n, n, n], widths=widths, family="cifar", options=options)
 
 
 def _cifar_depth(depth: object, per_block: int) -> int:
@@ -324,7 +369,7 @@ def wrn40_4(**kwargs: Any) -> ResNet:
 def _imagenet(block: Block, layers: Sequence[int], kwargs: dict[str, Any], **defaults: Any) -> ResNet:
     # Option B by default, like torchvision: its checkpoints then load with strict=True.
     options = ResNetOptions.parse(kwargs, **{"num_classes": 1000, "shortcut": "B", **defaults})
-    return ResNet(block, layers, widths=[64, 128, 256, 512], stem="imagenet", options=options)
+    return ResNet(block, layers, widths=[64, 128, 256, 512], family="imagenet", options=options)
 
 
 @register_model
@@ -385,3 +430,136 @@ def plain101(**kwargs: Any) -> ResNet:
 def plain152(**kwargs: Any) -> ResNet:
     """Plain-152: ResNet-152's layers without shortcuts."""
     return _imagenet(Bottleneck, [3, 8, 36, 3], kwargs, shortcut="none")
+
+
+# ------------------------------------------------ builders: ResNeXt [Xie17] and Wide ResNet-50/101-2
+
+
+@register_model
+def resnext50_32x4d(**kwargs: Any) -> ResNet:
+    """ResNeXt-50 32x4d [Xie17 Table 1]: bottlenecks 3-4-6-3, 3x3 in 32 groups of 4 at planes 64."""
+    return _imagenet(Bottleneck, [3, 4, 6, 3], kwargs, groups=32, base_width=4)
+
+
+@register_model
+def resnext101_32x8d(**kwargs: Any) -> ResNet:
+    """ResNeXt-101 32x8d [Xie17]: bottlenecks 3-4-23-3, 3x3 in 32 groups of 8 at planes 64."""
+    return _imagenet(Bottleneck, [3, 4, 23, 3], kwargs, groups=32, base_width=8)
+
+
+@register_model
+def resnext101_64x4d(**kwargs: Any) -> ResNet:
+    """ResNeXt-101 64x4d [Xie17 Table 5]: bottlenecks 3-4-23-3, 3x3 in 64 groups of 4 at planes 64."""
+    return _imagenet(Bottleneck, [3, 4, 23, 3], kwargs, groups=64, base_width=4)
+
+
+@register_model
+def wide_resnet50_2(**kwargs: Any) -> ResNet:
+    """Wide ResNet-50-2 [Zagoruyko16]: ResNet-50 with every bottleneck's inner width doubled."""
+    return _imagenet(Bottleneck, [3, 4, 6, 3], kwargs, base_width=128)
+
+
+@register_model
+def wide_resnet101_2(**kwargs: Any) -> ResNet:
+    """Wide ResNet-101-2 [Zagoruyko16]: ResNet-101 with every bottleneck's inner width doubled."""
+    return _imagenet(Bottleneck, [3, 4, 23, 3], kwargs, base_width=128)
+
+
+@register_model
+def plain50_32x4d(**kwargs: Any) -> ResNet:
+    """ResNeXt-50 32x4d's layers without shortcuts."""
+    return _imagenet(Bottleneck, [3, 4, 6, 3], kwargs, groups=32, base_width=4, shortcut="none")
+
+
+@register_model
+def plain101_32x8d(**kwargs: Any) -> ResNet:
+    """ResNeXt-101 32x8d's layers without shortcuts."""
+    return _imagenet(Bottleneck, [3, 4, 23, 3], kwargs, groups=32, base_width=8, shortcut="none")
+
+
+@register_model
+def plain101_64x4d(**kwargs: Any) -> ResNet:
+    """ResNeXt-101 64x4d's layers without shortcuts."""
+    return _imagenet(Bottleneck, [3, 4, 23, 3], kwargs, groups=64, base_width=4, shortcut="none")
+
+
+@register_model
+def wide_plain50_2(**kwargs: Any) -> ResNet:
+    """Wide ResNet-50-2's layers without shortcuts."""
+    return _imagenet(Bottleneck, [3, 4, 6, 3], kwargs, base_width=128, shortcut="none")
+
+
+@register_model
+def wide_plain101_2(**kwargs: Any) -> ResNet:
+    """Wide ResNet-101-2's layers without shortcuts."""
+    return _imagenet(Bottleneck, [3, 4, 23, 3], kwargs, base_width=128, shortcut="none")
+
+
+# ------------------------------------------------ builders: ResNet-D [He19]
+
+
+def _resnet_d(block: Block, layers: Sequence[int], kwargs: dict[str, Any], **defaults: Any) -> ResNet:
+    # The deep stem and average-pool projections [He19 Fig. 2(b, c)]; the stride is already on
+    # the 3x3 (ResNet-B = v1.5). A plain twin has no projection, so nothing to average.
+    avg_down = defaults.get("shortcut", "B") != "none"
+    return _imagenet(block, layers, kwargs, stem="deep", avg_down=avg_down, **defaults)
+
+
+@register_model
+def resnet18d(**kwargs: Any) -> ResNet:
+    """ResNet-18-D [He19]: ResNet-18 with the deep 3x3 stem and average-pool projections."""
+    return _resnet_d(BasicBlock, [2, 2, 2, 2], kwargs)
+
+
+@register_model
+def resnet34d(**kwargs: Any) -> ResNet:
+    """ResNet-34-D [He19]: ResNet-34 with the deep 3x3 stem and average-pool projections."""
+    return _resnet_d(BasicBlock, [3, 4, 6, 3], kwargs)
+
+
+@register_model
+def resnet50d(**kwargs: Any) -> ResNet:
+    """ResNet-50-D [He19 Table 5]: ResNet-50 with the deep 3x3 stem and average-pool projections."""
+    return _resnet_d(Bottleneck, [3, 4, 6, 3], kwargs)
+
+
+@register_model
+def resnet101d(**kwargs: Any) -> ResNet:
+    """ResNet-101-D [He19]: ResNet-101 with the deep 3x3 stem and average-pool projections."""
+    return _resnet_d(Bottleneck, [3, 4, 23, 3], kwargs)
+
+
+@register_model
+def resnet152d(**kwargs: Any) -> ResNet:
+    """ResNet-152-D [He19]: ResNet-152 with the deep 3x3 stem and average-pool projections."""
+    return _resnet_d(Bottleneck, [3, 8, 36, 3], kwargs)
+
+
+@register_model
+def plain18d(**kwargs: Any) -> ResNet:
+    """ResNet-18-D's layers without shortcuts: the deep stem and the plain blocks."""
+    return _resnet_d(BasicBlock, [2, 2, 2, 2], kwargs, shortcut="none")
+
+
+@register_model
+def plain34d(**kwargs: Any) -> ResNet:
+    """ResNet-34-D's layers without shortcuts."""
+    return _resnet_d(BasicBlock, [3, 4, 6, 3], kwargs, shortcut="none")
+
+
+@register_model
+def plain50d(**kwargs: Any) -> ResNet:
+    """ResNet-50-D's layers without shortcuts."""
+    return _resnet_d(Bottleneck, [3, 4, 6, 3], kwargs, shortcut="none")
+
+
+@register_model
+def plain101d(**kwargs: Any) -> ResNet:
+    """ResNet-101-D's layers without shortcuts."""
+    return _resnet_d(Bottleneck, [3, 4, 23, 3], kwargs, shortcut="none")
+
+
+@register_model
+def plain152d(**kwargs: Any) -> ResNet:
+    """ResNet-152-D's layers without shortcuts."""
+    return _resnet_d(Bottleneck, [3, 8, 36, 3], kwargs, shortcut="none")

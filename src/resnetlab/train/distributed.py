@@ -17,8 +17,10 @@ Without RANK and WORLD_SIZE it is one process, and nothing distributed is starte
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -26,6 +28,10 @@ from torch import nn
 
 from resnetlab.errors import Error
 
+T = TypeVar("T")
+
+# How long the other ranks wait for rank 0 to prepare the data (`Runtime.main_first`).
+MAIN_FIRST_TIMEOUT = timedelta(hours=2)
 _LAUNCH_HINT = "launch with `torchrun --nproc-per-node N -m resnetlab ...`, which sets all of them"
 
 
@@ -60,6 +66,27 @@ class Runtime:
             ids = [self.device.index] if self.device.type == "cuda" else None
             dist.barrier(device_ids=ids)
 
+    def main_first(self, load: Callable[[], T]) -> T:
+        """`load()` on rank 0, then on the others: only one process downloads missing files.
+
+        The others wait in a gloo group of their own, whose deadline is `MAIN_FIRST_TIMEOUT`: rank
+        0's download or scan of a large image folder may outlast NCCL's 10-minute watchdog, which
+        would kill ranks waiting in the training group. A failing rank 0 still ends the group at
+        once, since torchrun stops the other workers when one exits.
+        """
+        if not self.distributed:
+            return load()
+        group = dist.new_group(backend="gloo", timeout=MAIN_FIRST_TIMEOUT)
+        try:
+            if not self.is_main:
+                dist.barrier(group=group)
+            result = load()
+            if self.is_main:
+                dist.barrier(group=group)
+        finally:
+            dist.destroy_process_group(group)
+        return result
+
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum `tensor` over ranks in place (a no-op on one process) and return it."""
         if self.distributed:
@@ -83,6 +110,16 @@ class Runtime:
         box = [obj]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def broadcast_buffers(self, module: nn.Module) -> None:
+        """Overwrite `module`'s buffers (BN running statistics) with rank 0's, in place.
+
+        DDP keeps the parameters equal on every rank, but each rank's BN statistics come from its
+        own batches; before an evaluation every rank must hold the same model, rank 0's.
+        """
+        if self.distributed:
+            for buffer in module.buffers():
+                dist.broadcast(buffer, src=0)
 
     def check_sync_bn(self) -> None:
         """Refuse --sync-bn where it cannot run, before any work is done: PyTorch's SyncBatchNorm
@@ -119,23 +156,31 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """`auto` picks cuda:LOCAL_RANK when CUDA is there, else the CPU; `cuda` means cuda:LOCAL_RANK."""
+    """`auto` picks cuda:LOCAL_RANK when CUDA is there, else the CPU; `cuda` means cuda:LOCAL_RANK.
+
+    A CUDA device also becomes the current one (torch.cuda.set_device), so that what runs without
+    an explicit device uses it and not GPU 0: the DataLoader's pin-memory thread, and NCCL.
+    """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise Error("--device cuda was asked for but this torch build sees no CUDA GPU; use --device cpu")
-        if name == "cuda":
-            count = torch.cuda.device_count()
-            if local_rank >= count:
-                raise Error(
-                    f"LOCAL_RANK={local_rank} but only {count} GPU(s) are visible; "
-                    f"start at most {count} processes per node (--nproc-per-node {count})"
-                )
-            name = f"cuda:{local_rank}"
-    elif name != "cpu":
+    if name == "cpu":
+        return torch.device("cpu")
+    prefix, colon, index = name.partition(":")
+    if prefix != "cuda" or (colon and not index.isdigit()):
         raise Error(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
-    return torch.device(name)
+    if not torch.cuda.is_available():
+        raise Error("--device cuda was asked for but this torch build sees no CUDA GPU; use --device cpu")
+    count = torch.cuda.device_count()
+    if not index and local_rank >= count:
+        raise Error(
+            f"LOCAL_RANK={local_rank} but only {count} GPU(s) are visible; "
+            f"start at most {count} processes per node (--nproc-per-node {count})"
+        )
+    if index and int(index) >= count:
+        raise Error(f"--device {name}: only {count} GPU(s) are visible, cuda:0 to cuda:{count - 1}")
+    device = torch.device("cuda", int(index) if index else local_rank)
+    torch.cuda.set_device(device)
+    return device
 
 
 def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -171,6 +216,11 @@ def _check_env(env: Mapping[str, str]) -> tuple[int, int, int]:
 def setup_runtime(device: str = "auto") -> Runtime:
     """Decide device and rank from torchrun's variables; start the process group under torchrun."""
     rank, world_size, local_rank = _check_env(os.environ)
+    if world_size > 1 and device.startswith("cuda:"):
+        raise Error(
+            f"--device {device} would put all {world_size} ranks on one GPU (NCCL refuses that); "
+            "under torchrun use --device cuda, which gives each rank cuda:LOCAL_RANK"
+        )
     runtime = Runtime(
         device=resolve_device(device, local_rank),
         rank=rank,
@@ -188,8 +238,6 @@ def _join_group(runtime: Runtime, env: Mapping[str, str]) -> None:
     """init_process_group through torchrun's env:// contract; a failure is one `Error`."""
     if runtime.backend == "nccl" and not dist.is_nccl_available():
         raise Error("this torch build has no NCCL for multi-GPU training; use --device cpu (gloo)")
-    if runtime.device.type == "cuda":
-        torch.cuda.set_device(runtime.device)  # before NCCL starts, or every rank opens cuda:0
     try:
         dist.init_process_group(backend=runtime.backend, rank=runtime.rank, world_size=runtime.world_size)
     except (RuntimeError, ValueError) as exc:  # DistNetworkError, DistStoreError, bad addresses

@@ -1,10 +1,13 @@
 """The training loop: `fit(cfg)` trains one model and returns it with its history.
 
 Reading order: `fit` decides where it runs (`Runtime`: device, rank, world size) and which
-kernels it may use; `_fit` loads the data, builds the model, optimizer, schedule and EMA,
-opens the run directory, maybe restores a checkpoint, and then runs the loop. Every step is
-forward (under autocast), loss, backward, optional clipping, SGD step, EMA update. Train records,
-evaluations and checkpoints happen at fixed step counts, so a resumed run makes the same ones.
+kernels it may use; `_fit` loads the data, then `_build_state` builds the model (random, or from
+--init-from, frozen as --freeze says), its input pipeline, optimizer, schedule and EMA and opens
+the run directory, all in one `_State`; `_restore` loads a checkpoint into it when resuming, and
+`_run` is the loop. Every step is forward (under autocast), loss, backward, optional clipping, SGD
+step, EMA update. Train records (`_log_train`), evaluations (`_log_eval`) and checkpoints
+(`_write_checkpoint`) are functions of the state, made at fixed step counts, so a resumed run
+makes the same ones.
 
 Everything rank-dependent goes through `Runtime`, so one process and `torchrun --nproc-per-node N`
 take the same path: each rank trains on its stride of the epoch's permutation with batch_size / N
@@ -22,16 +25,17 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from resnetlab import CUBLAS_WORKSPACE
 from resnetlab.data import (
     Augment,
     FolderDataset,
@@ -71,7 +75,9 @@ from resnetlab.train.rundir import (
 )
 from resnetlab.weights import get_weights
 
-T = TypeVar("T")
+# Steps between checks of the train error that ends [He15]'s warm-up (~400 steps long): each check
+# waits for the device and all-reduces, which the other steps never do.
+_WARMUP_CHECK_EVERY = 10
 
 
 @dataclass
@@ -118,7 +124,7 @@ def _fit(
     """Load the data, build the run's state, restore it from a checkpoint when resuming, train."""
     _check_runtime(cfg, model, runtime)
     # Rank 0 loads first, so only one process downloads missing files.
-    splits = _main_first(runtime, lambda: _load_splits(cfg, talk=runtime.is_main))
+    splits = runtime.main_first(lambda: _load_splits(cfg, talk=runtime.is_main))
     train_set = splits.pop("train")
     cfg = _batch_that_fits(cfg, len(train_set), runtime)
     if cfg.flip and runtime.is_main and (warning := mirror_warning(cfg.data, "--flip")):
@@ -336,7 +342,7 @@ def _run(state: _State, runtime: Runtime) -> None:
             window.add(loss, errors, len(x))
             state.step += 1
             state.bar.update()
-            if state.schedule.in_error_warmup:
+            if state.schedule.in_error_warmup and state.step % _WARMUP_CHECK_EVERY == 0:
                 state.schedule.observe_train_error(window.error_so_far(runtime))
             epoch_end, last = state.step % per_epoch == 0, state.step == total
             if state.step % cfg.log_every == 0 or epoch_end or last:
@@ -365,6 +371,11 @@ def _log_train(state: _State, window: _Window, lr: float, runtime: Runtime) -> N
 
 def _log_eval(state: _State, runtime: Runtime) -> None:
     """An eval record per split, and the curves redrawn."""
+    # Each rank's BN statistics (and so their EMA) hold its own last batches: evaluate one
+    # model on every rank, rank 0's, which is the one checkpointed.
+    runtime.broadcast_buffers(state.model)
+    if state.ema is not None:
+        runtime.broadcast_buffers(state.ema.module)
     for split, split_loader in state.eval_loaders.items():
         result = evaluate(
             state.eval_model, split_loader, num_classes=state.num_classes, runtime=runtime, amp=state.cfg.amp
@@ -515,7 +526,7 @@ def _kernel_settings(deterministic: bool, device: torch.device) -> Iterator[None
     saved = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
     if deterministic:
         if device.type == "cuda":
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for it
+            _check_cublas_workspace()
         torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = not deterministic  # autotuning may pick other kernels per run
     try:
@@ -525,14 +536,18 @@ def _kernel_settings(deterministic: bool, device: torch.device) -> Iterator[None
         torch.backends.cudnn.benchmark = saved[1]
 
 
-def _main_first(runtime: Runtime, load: Callable[[], T]) -> T:
-    """`load()` on rank 0, then on the others: only one process downloads missing files."""
-    if not runtime.is_main:
-        runtime.barrier()
-    result = load()
-    if runtime.is_main:
-        runtime.barrier()
-    return result
+def _check_cublas_workspace() -> None:
+    """Deterministic cuBLAS needs CUBLAS_WORKSPACE_CONFIG before its first use in the process (the
+    package sets it on import); set it now if CUDA is still unused, else refuse with the fix."""
+    config = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    if config is None and not torch.cuda.is_initialized():
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE
+    elif config not in (":4096:8", ":16:8"):
+        now = "unset" if config is None else f"{config!r}"
+        raise Error(
+            f"--deterministic on CUDA needs CUBLAS_WORKSPACE_CONFIG={CUBLAS_WORKSPACE} (it is {now}) "
+            "before CUDA is first used: export it before starting Python, or import resnetlab first"
+        )
 
 
 def _load_splits(cfg: TrainConfig, *, talk: bool) -> dict[str, Any]:

@@ -58,7 +58,8 @@ def evaluate(
     flip_tta: bool = False,
 ) -> EvalResult:
     """Evaluate on every example of `loader` once; under torchrun each rank sees its shard and the
-    counts are summed over ranks, so the result equals a single-process evaluation.
+    counts are summed over ranks, so the result equals a single-process evaluation when every rank
+    holds the same model (`fit` gives them all rank 0's BN statistics first).
 
     `flip_tta` scores each image by the mean logits of it and its horizontal mirror (test-time
     augmentation, as airbench does); it only makes sense for a net trained with flips.

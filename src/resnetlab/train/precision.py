@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
+import sys
 
 import torch
 
@@ -14,6 +17,8 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
     if amp == "none":
         return contextlib.nullcontext()
     if amp == "bf16":
+        if device.type == "cuda":
+            _warn_if_bf16_is_emulated(torch.cuda.current_device() if device.index is None else device.index)
         return torch.autocast(device.type, dtype=torch.bfloat16)
     if amp == "fp16" and device.type != "cuda":
         raise Error("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
@@ -25,3 +30,16 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
 def grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
     """Loss scaling keeps small fp16 gradients from flushing to zero; bf16 has fp32's range and needs none."""
     return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+
+
+@functools.cache
+def _warn_if_bf16_is_emulated(index: int) -> None:
+    """Once per GPU (and on rank 0 only): bf16 matmuls and convs need Ampere (compute capability 8.0)
+    or newer; on a V100 or T4 they are emulated, slower than fp32, and fp16 is the fast choice."""
+    major, minor = torch.cuda.get_device_capability(index)
+    if major < 8 and os.environ.get("RANK", "0") == "0":
+        print(
+            f"resnetlab: warning: {torch.cuda.get_device_name(index)} (compute capability {major}.{minor}) "
+            "has no native bf16, so --amp bf16 runs emulated and slow; use --amp fp16",
+            file=sys.stderr,
+        )
