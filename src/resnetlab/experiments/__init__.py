@@ -9,7 +9,8 @@
     transfer     [Yosinski14]-style  pretrain on 5 classes, fine-tune on the other 5 from k labels each
 
 Every module has a config dataclass, `PRESETS` ("quick": minutes on a CPU with Fashion-MNIST;
-"paper": the paper's setting for a GPU and CIFAR-10) and `run(cfg, run_dir) -> Outcome`.
+"paper": the paper's setting for a GPU and CIFAR-10; transfer, which reproduces no paper
+figure, has "full" instead) and `run(cfg, run_dir) -> Outcome`.
 `run_experiment` adds the run directory: results.json, the PNG figures and report.html.
 """
 
