@@ -305,9 +305,19 @@ def findings(summary: dict[str, dict[str, dict]], cfg: TransferConfig) -> list[s
                 out.append(f"Pretraining helped at k = {', '.join(helped)} only.")
             else:
                 out.append("Pretraining did not help at any k in this run.")
-            first, last = gains[0][1], gains[-1][1]
-            trend = "shrinks" if last < first else "does not shrink"
-            out.append(f"The gain {trend} from k = {gains[0][0]} to k = {gains[-1][0]}.")
+            (k0, first, m0), (k1, last, m1) = gains[0], gains[-1]
+            # Seed spread of the two differences: the std of each start's mean, added.
+            spread = sum(
+                summary[m][k]["std"] for m, k in ((m0, k0), ("scratch", k0), (m1, k1), ("scratch", k1))
+            )
+            if abs(first - last) <= spread:
+                trend = "about the same, within the seeds' spread"
+            else:
+                trend = "smaller" if last < first else "larger"
+            out.append(
+                f"With more labels the gain is {trend}: {100 * first:+.2f} points at k = {k0}, "
+                f"{100 * last:+.2f} at k = {k1}."
+            )
     return out
 
 
