@@ -4,7 +4,10 @@ bit-identical with BN statistics untouched, the optimizer's groups, exact resume
 from __future__ import annotations
 
 import dataclasses
+import functools
+import http.server
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -197,3 +200,26 @@ def test_weights_of_another_model_are_refused(source, tmp_path, capsys):
         engine_module.follow_weights(
             dataclasses.replace(SOURCE, init_from="x", normalize="weights"), {"mean": None}, []
         )
+
+
+def test_a_url_source_downloads_once_and_starts_where_the_file_does(source, tmp_path, monkeypatch):
+    """--init-from URL, served on loopback: the run starts from the file's weights."""
+    monkeypatch.setenv("RESNETLAB_HOME", str(tmp_path / "home"))
+    served = latest_checkpoint(source)
+    handler = functools.partial(_QuietHandler, directory=str(served))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as httpd:
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/{MODEL_FILE}"
+        assert weights_model(url) is None  # not in the registry: --model says which
+        cfg = dataclasses.replace(SOURCE, init_from=url, freeze="head-only", max_steps=1, train_subset=64)
+        result = fit(cfg)
+        httpd.shutdown()
+    original = load_weights(served / MODEL_FILE)[0]
+    state = result.model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in original.items() if not k.startswith("fc."))
+    assert list((tmp_path / "home" / "weights").rglob("*.safetensors"))  # kept in the cache
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
