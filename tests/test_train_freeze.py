@@ -12,7 +12,7 @@ from torch import nn
 from resnetlab.errors import Error
 from resnetlab.models import create_model
 from resnetlab.train import TrainConfig
-from resnetlab.train.freeze import freeze, frozen_module_names, is_frozen
+from resnetlab.train.freeze import freeze, frozen_module_names, is_frozen, pin_frozen_norms
 from resnetlab.train.optim import LRSchedule, build_optimizer, param_groups
 
 
@@ -104,3 +104,13 @@ def test_without_a_multiplier_the_groups_are_as_before():
     assert len(param_groups(model, 1e-4, decay_norm_and_bias=True)) == 1
     assert len(param_groups(model, 1e-4, decay_norm_and_bias=False)) == 2
     assert len(param_groups(model, 1e-4, decay_norm_and_bias=False, head_lr_mult=5)) == 4
+
+
+def test_bn_layers_replaced_after_freezing_are_pinned_again():
+    model = create_model("resnet20")
+    freeze(model, "stem")
+    replacement = torch.nn.BatchNorm2d(16)  # as SyncBatchNorm conversion does: new module, same params
+    replacement.weight, replacement.bias = model.bn1.weight, model.bn1.bias
+    model.bn1 = replacement
+    pin_frozen_norms(model)
+    assert not model.train().bn1.training and model.layer1[0].bn1.training

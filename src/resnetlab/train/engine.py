@@ -62,7 +62,7 @@ from resnetlab.train.config import RESUME_MAY_CHANGE, TrainConfig
 from resnetlab.train.distributed import Runtime, setup_runtime, teardown_runtime
 from resnetlab.train.ema import EMA
 from resnetlab.train.evaluate import evaluate
-from resnetlab.train.freeze import freeze
+from resnetlab.train.freeze import freeze, pin_frozen_norms
 from resnetlab.train.optim import LRSchedule, build_optimizer, count_weighted_layers
 from resnetlab.train.precision import autocast, grad_scaler
 from resnetlab.train.rundir import (
@@ -245,6 +245,7 @@ def _build_state(
     optimizer = build_optimizer(cfg, model)
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay else None
     train_model = runtime.wrap(model, sync_bn=cfg.sync_bn)
+    pin_frozen_norms(model)  # --sync-bn made new BN modules: frozen ones stay in eval mode
     if cfg.compile:
         train_model = torch.compile(train_model)
 

@@ -50,12 +50,22 @@ def freeze(model: nn.Module, spec: str) -> list[str]:
     """Freeze what `spec` names (see the module docstring); returns the frozen children's names."""
     names = frozen_module_names(model, spec)
     for name in names:
-        module = model.get_submodule(name)
-        module.requires_grad_(False)
-        for layer in module.modules():
-            if isinstance(layer, nn.modules.batchnorm._BatchNorm):
-                pin_eval(layer)
+        model.get_submodule(name).requires_grad_(False)
+    pin_frozen_norms(model)
     return names
+
+
+def pin_frozen_norms(model: nn.Module) -> None:
+    """`pin_eval` every BN layer whose parameters are all frozen. Called again after anything that
+    replaces BN modules (SyncBatchNorm conversion keeps the parameters, not the instances)."""
+    for layer in model.modules():
+        params = list(layer.parameters(recurse=False))
+        if (
+            isinstance(layer, nn.modules.batchnorm._BatchNorm)
+            and params
+            and not any(p.requires_grad for p in params)
+        ):
+            pin_eval(layer)
 
 
 def _stay_in_eval(self: nn.Module, mode: bool = True) -> nn.Module:
