@@ -51,12 +51,12 @@ bench: data
 	$(PY) -m benchmarks
 
 lint: $(STAMP)
-	$(PY) -m ruff check src tests benchmarks
-	$(PY) -m ruff format --check src tests benchmarks
+	$(PY) -m ruff check src tests benchmarks hubconf.py
+	$(PY) -m ruff format --check src tests benchmarks hubconf.py
 
 format: $(STAMP)
-	$(PY) -m ruff format src tests benchmarks
-	$(PY) -m ruff check --fix src tests benchmarks
+	$(PY) -m ruff format src tests benchmarks hubconf.py
+	$(PY) -m ruff check --fix src tests benchmarks hubconf.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .hypothesis

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -241,16 +242,6 @@ def test_each_model_has_one_default_and_timm_entries_say_they_have_no_digest():
     assert (a1.image_size, a1.resize_size, a1.interpolation, a1.metrics.acc1) == (224, 235, "bicubic", 80.38)
 
 
-def test_parameter_counts_of_entries_match_their_registered_models():
-    registered = set(list_models())
-    for entry in list_weights():
-        if entry.model not in registered or entry.num_params > 30_000_000:  # big nets: counted on meta
-            continue
-        with torch.device("meta"):
-            model = create_model(entry.model, num_classes=entry.num_classes, in_chans=entry.in_chans)
-        assert sum(p.numel() for p in model.parameters()) == entry.num_params, entry.name
-
-
 def test_unknown_tags_list_the_models_tags():
     with pytest.raises(Error, match=r"unknown weights 'v9' for resnet50; its tags: resnet50\.tv2_in1k, "):
         create_model("resnet50", pretrained="v9")
@@ -270,3 +261,59 @@ def test_imagenet_class_names_are_the_1000_in_index_order():
     assert class_names("fashion-mnist")[0] == "T-shirt/top"
     with pytest.raises(Error, match="no class names are known for 'cifar7'"):
         class_names("cifar7")
+
+
+def test_the_docs_table_is_the_registry():
+    text = (Path(__file__).resolve().parents[1] / "docs" / "weights.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| `([\w.]+)`( \(default\))? \| ([\d,]+) \| ([\d.]+|-) \| ([\d.]+|-) \|", text, re.M)
+    assert sorted(r[0] for r in rows) == sorted(e.name for e in list_weights())
+    for name, default, params, acc1, acc5 in rows:
+        e = get_weights(name)
+        assert (bool(default), int(params.replace(",", ""))) == (e.default, e.num_params), name
+        assert (None if acc1 == "-" else float(acc1), None if acc5 == "-" else float(acc5)) == (
+            e.metrics.acc1,
+            e.metrics.acc5,
+        ), name
+
+
+def test_a_local_file_is_a_registry_file_only_by_its_published_name(tmp_path):
+    from resnetlab.weights.registry import find_by_path
+
+    assert find_by_path(tmp_path / "resnet50-11ad3fa6.pth").name == "resnet50.tv2_in1k"
+    assert (
+        find_by_path(tmp_path / "timm" / "resnet50d.ra2_in1k" / "model.safetensors").name
+        == "resnet50d.ra2_in1k"
+    )
+    assert find_by_path(tmp_path / "model.safetensors") is None  # a run's file or a timm file kept by hand
+    assert find_by_path(tmp_path / "checkpoint-00000010" / "ema.safetensors") is None
+
+
+def test_every_entry_names_a_registered_model_with_its_parameter_count():
+    registered = set(list_models())
+    for entry in list_weights():
+        assert entry.model in registered, entry.name
+        with torch.device("meta"):  # no memory for the 127M-parameter nets
+            model = create_model(entry.model, num_classes=entry.num_classes, in_chans=entry.in_chans)
+        assert sum(p.numel() for p in model.parameters()) == entry.num_params, entry.name
+
+
+def test_a_timm_resnet_d_checkpoint_loads_strictly_and_adapts_its_deep_stem(tmp_path, monkeypatch):
+    """timm's resnet18d layout (conv1.0/.1/.3/.4/.6, downsample.1/.2) placed in the cache by hand."""
+    torch.manual_seed(0)
+    source = create_model("resnet18d").eval()
+    assert {"conv1.0.weight", "conv1.6.weight", "layer2.0.downsample.1.weight"} <= set(source.state_dict())
+    repo = tmp_path / "home" / "weights" / "timm" / "resnet18d.ra2_in1k"
+    repo.mkdir(parents=True)
+    safetensors.torch.save_file(source.state_dict(), repo / "model.safetensors")
+    cfg = {"pretrained_cfg": {"input_size": [3, 224, 224], "crop_pct": 0.875, "interpolation": "bicubic",
+                              "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}  # fmt: skip
+    (repo / "config.json").write_text(json.dumps(cfg))
+    model = create_model("resnet18d", pretrained=True).eval()  # offline: both files are in the cache
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(model(x), source(x), rtol=0, atol=0)
+    assert model.pretrained_cfg["resize_size"] == 256 and model.pretrained_cfg["interpolation"] == "bicubic"
+    grey = create_model("resnet18d", pretrained="ra2_in1k", in_chans=1, num_classes=10)
+    torch.testing.assert_close(grey.conv1[0].weight, source.conv1[0].weight.sum(1, keepdim=True))
+    assert grey.pretrained_cfg["mean"] == [pytest.approx((0.485 + 0.456 + 0.406) / 3)]
+    assert all(torch.equal(grey.state_dict()[k], v) for k, v in source.state_dict().items()
+               if not k.startswith(("fc.", "conv1.0.")))  # fmt: skip

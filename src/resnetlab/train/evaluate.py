@@ -204,9 +204,14 @@ def format_report(ev: CheckpointEval) -> str:
     lines = [
         f"{ev.meta['model']} on {ev.data} {ev.split} ({r.count} images{views}): "
         f"top-1 error {100 * r.err:.2f}%, top-5 error {100 * r.top5_err:.2f}%, loss {r.loss:.4f}",
-        "",
-        f"{'class':<24} {'accuracy':>8}  {'images':>6}",
     ]
+    metrics = ev.meta.get("metrics") or {}
+    if metrics.get("acc1") is not None:  # a registry entry: what it records, to compare with
+        lines.append(
+            f"{ev.meta['tag']} records top-1 accuracy {metrics['acc1']}% on {metrics['dataset']} "
+            f"({metrics['how']}); measured here: {100 * (1 - r.err):.2f}%"
+        )
+    lines += ["", f"{'class':<24} {'accuracy':>8}  {'images':>6}"]
     for name, acc, n in zip(ev.classes, r.per_class_accuracy(), r.confusion.sum(1).tolist(), strict=True):
         lines.append(f"{name:<24} {100 * acc:>7.2f}%  {n:>6}")
     lines += ["", f"confusion matrix: {ev.figure}"]

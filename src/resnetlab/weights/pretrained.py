@@ -26,7 +26,7 @@ from resnetlab.weights.cache import fetch, fetch_url, verify
 from resnetlab.weights.classes import class_names
 from resnetlab.weights.entry import WeightsEntry
 from resnetlab.weights.formats import read_checkpoint
-from resnetlab.weights.registry import default_weights, find_by_file_name, find_by_url, get_weights
+from resnetlab.weights.registry import default_weights, find_by_path, find_by_url, get_weights
 
 _FILE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 _RESNETLAB_KEYS = ("model", "model_kwargs", "num_classes", "in_chans")  # to rebuild a run's model
@@ -61,7 +61,7 @@ def locate(pretrained: object, model: str | None = None) -> Located:
             from resnetlab.train.checkpoint import inference_weights  # lazy: train imports models
 
             path = inference_weights(path)
-        entry = find_by_file_name(path.name)
+        entry = find_by_path(path)
         if entry is not None:  # a registry file kept by hand: it must be the published one
             verify(path, entry.sha256, str(path))
         return Located(path, entry, str(path))
@@ -142,9 +142,9 @@ def _pretrained_cfg(
         hub = _hub_config(found.path) if entry.config_url else {}
         for key in ("mean", "std", "image_size", "resize_size", "interpolation"):
             value = getattr(entry, key)
+            if value is None:  # not in the table: the hub's config.json, else the file's metadata
+                value = hub.get(key) if entry.config_url else preprocess[key]
             preprocess[key] = list(value) if isinstance(value, tuple) else value
-            if preprocess[key] is None:
-                preprocess[key] = hub.get(key)
         classes, dataset = list(class_names(entry.dataset)), entry.dataset
     in_chans, outputs = net.in_chans, net.num_classes
     for key in ("mean", "std"):
@@ -152,7 +152,7 @@ def _pretrained_cfg(
     return {
         **meta,
         "model": model,
-        "tag": entry.name if entry else None,
+        "tag": entry.name if entry else meta.get("tag"),  # a shipped file records its tag
         "source": found.source,
         "num_classes": outputs,
         "in_chans": in_chans,

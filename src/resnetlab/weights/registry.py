@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+from pathlib import Path
 
 from resnetlab.errors import Error
 from resnetlab.weights.entry import WeightsEntry
@@ -68,9 +69,12 @@ def get_weights(tag: str, model: str | None = None) -> WeightsEntry:
     raise Error(f"unknown weights {tag!r}{hint}")
 
 
-def find_by_file_name(file_name: str) -> WeightsEntry | None:
-    """The entry whose file has this (unique) base name, as a downloaded torchvision file does."""
-    found = [e for e in ENTRIES if e.file_name.rsplit("/", 1)[-1] == file_name]
+def find_by_path(path: Path) -> WeightsEntry | None:
+    """The entry a local file is a copy of, told by its published name: a torchvision file's
+    (it carries its sha256 prefix), a shipped file's, or a timm file in the cache's layout
+    (timm/<model>.<tag>/model.safetensors); a bare model.safetensors matches nothing."""
+    posix = path.as_posix()
+    found = [e for e in ENTRIES if posix == e.file_name or posix.endswith("/" + e.file_name)]
     return found[0] if len(found) == 1 else None
 
 

@@ -58,6 +58,53 @@ def _torchvision(
     )
 
 
+def _fashion(
+    model: str,
+    tag: str,
+    sha256: str,
+    num_params: int,
+    acc1: float,
+    acc5: float,
+    size_mb: float,
+    mean: float,
+    std: float,
+    trained_by: str,
+    *,
+    default: bool = False,
+) -> WeightsEntry:
+    """resnetlab's own Fashion-MNIST weights, shipped in the package; figures measured by
+    `resnetlab eval <model>.<tag>` (python -m resnetlab.weights.ship prints the entry)."""
+    return WeightsEntry(
+        model=model,
+        tag=tag,
+        url=None,
+        file_name=f"{model}-{tag}.safetensors",
+        sha256=sha256,
+        format="safetensors",
+        num_params=num_params,
+        num_classes=10,
+        in_chans=1,
+        dataset="fashion-mnist",
+        image_size=28,
+        resize_size=28,
+        interpolation="bilinear",
+        mean=(mean,),  # of the training set's pixels, [0, 1] units
+        std=(std,),
+        metrics=Metrics(
+            "fashion-mnist test",
+            acc1,
+            acc5,
+            f"resnetlab eval {model}.{tag}: the 10,000 test images, one view",
+        ),
+        license="MIT (resnetlab)",
+        size_mb=size_mb,
+        default=default,
+        shipped=True,
+        data="fashion-mnist",
+        notes=f"trained by {trained_by}",
+    )
+
+
 def _timm(
     model: str,
     tag: str,
