@@ -25,7 +25,7 @@ from resnetlab.train.evaluate import evaluate_checkpoint, format_report
 from resnetlab.train.predict import predict
 from resnetlab.train.rundir import read_config
 from resnetlab.weights.formats import read_checkpoint
-from resnetlab.weights.registry import find_by_file_name, find_by_url, get_weights
+from resnetlab.weights.registry import find_by_path, find_by_url, get_weights
 
 DEFAULT_RECIPE = "fast"
 FINETUNE_RECIPE = "finetune"  # the default with --init-from
@@ -203,7 +203,7 @@ def weights_model(source: str) -> str | None:
     path = Path(source).expanduser()
     if path.exists():
         weights = inference_weights(path)
-        entry = find_by_file_name(weights.name)
+        entry = find_by_path(weights)
         if entry is not None:
             return entry.model
         return (read_checkpoint(weights)[1] or {}).get("model") if weights.suffix == ".safetensors" else None
