@@ -138,7 +138,6 @@ def _one_line_error(code: int, err: str, fragment: str) -> None:
         (["train", "--model", "resnet21"], "unknown model 'resnet21'; did you mean"),
         (["train", "--data", "imagefolder:/no/such/folder", "--model", "resnet20"], "/no/such/folder/train"),
         (["train", "--data-dir", "/no/such/dir"], "--data-dir /no/such/dir is not a directory"),
-        (["train", "--val-size", "0"], "--val-size is 0"),
         (["train", "--deterministic", "--compile"], "contradict"),
         (["train", "--amp", "fp16", "--device", "cpu"], "--amp fp16 needs CUDA"),
         (["train", "--lr", "fast"], "argument --lr: expected FLOAT, got 'fast'"),

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnetlab.experiments import degradation, gradients
+from resnetlab.data import load_dataset, per_class_subset, select_classes
+from resnetlab.experiments import degradation, gradients, transfer
 from resnetlab.experiments.common import build_twin, evaluate, fixed_batches, set_bn_stats
 from resnetlab.experiments.gradients import conv_gradients
 from resnetlab.experiments.landscape import (
@@ -276,3 +277,40 @@ def test_degradation_findings_report_what_the_numbers_say() -> None:
                       ("resnet", 56): (0.2, 0.2)})  # fmt: skip
     text = degradation.findings(reversed_, degradation.summarize(reversed_, cfg), cfg)
     assert "lower than" in text[0] and "Neither half" in text[2]
+
+
+def test_transfer_findings_follow_the_numbers() -> None:
+    cfg = transfer.TransferConfig(shots=(10, 0), seeds=3)
+    cell = lambda mean: {"mean": mean, "std": 0.01, "n": 3}  # noqa: E731
+    summary = {
+        "scratch": {"10": cell(0.50), "all": cell(0.90)},
+        "probe": {"10": cell(0.70), "all": cell(0.80)},
+        "finetune": {"10": cell(0.65), "all": cell(0.92)},
+        "partial": {"10": cell(0.60), "all": cell(0.91)},
+    }
+    found = transfer.findings(summary, cfg)
+    assert found[0] == "k = 10: linear probe is best (70.00%), 5.00 points above fine-tune all."
+    assert found[1] == "k = all: fine-tune all is best (92.00%), 1.00 points above stem+layer1 frozen."
+    assert "+20.00 points at k = 10 (linear probe), +2.00 points at k = all (fine-tune all)" in found[2]
+    assert found[3] == "Pretraining helped at every k."
+    assert found[4] == "With more labels the gain is smaller: +20.00 points at k = 10, +2.00 at k = all."
+    summary["finetune"]["all"] = summary["partial"]["all"] = cell(0.85)
+    found = transfer.findings(summary, cfg)
+    assert (
+        "-5.00 points at k = all (fine-tune all)" in found[2]
+        and found[3] == "Pretraining helped at k = 10 only."
+    )
+    table = transfer.headline_table(summary, cfg)
+    assert table.columns == ["start", "k = 10", "k = all"]
+    assert table.rows[1] == ["linear probe", "70.00 ± 1.00", "80.00 ± 1.00"]
+
+
+def test_classes_and_per_class_pick_and_relabel_examples() -> None:
+    train = load_dataset("fashion-mnist", "train")
+    picked = select_classes(train, (9, 5))
+    assert picked.classes == ["Ankle boot", "Sandal"] and len(picked) == 12_000
+    assert torch.equal(picked.labels.bincount(), torch.tensor([6000, 6000]))
+    assert torch.equal(picked.images[picked.labels == 0], train.images[train.labels == 9])
+    few = per_class_subset(picked, 7, seed=1)
+    assert torch.equal(few.labels.bincount(), torch.tensor([7, 7]))
+    assert not torch.equal(per_class_subset(picked, 7, seed=2).images, few.images)

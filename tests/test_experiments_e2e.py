@@ -36,7 +36,12 @@ TINY: dict[str, list[str]] = {
     "lesion": [*TRAIN, "--depth", "14", "--test-examples", "64", "--draws", "2"],
     "landscape": [*TRAIN, "--depth", "8", "--points-1d", "5", "--points-2d", "3", "--loss-examples", "32"],
     "shattered": ["--depths", "8,14", "--points", "32", "--lines", "2", "--max-lag", "4"],
-}
+    "transfer": [
+        "--pretrain-steps", "3", "--pretrain-per-class", "16", "--shots", "2,6", "--steps", "2",
+        "--batch-size", "8", "--seeds", "1", "--methods", "scratch,partial", "--amp", "none",
+        "--workers", "1",
+    ],
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -51,7 +51,6 @@ def test_get_recipe_returns_a_copy_and_names_the_choices():
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"val_size": 0}, "--eval-splits includes val but --val-size is 0"),
         ({"eval_splits": ("train",)}, "--eval-splits takes val and/or test"),
         ({"milestones": (0.75, 0.5)}, "--milestones must be increasing"),
         ({"deterministic": True, "compile": True}, "--deterministic and --compile contradict"),

@@ -175,7 +175,7 @@ def test_error_triggered_warmup_holds_the_low_lr_until_error_falls(tmp_path):
 
 
 def test_config_is_checked_before_anything_runs():
-    with pytest.raises(Error, match="--val-size is 0"):
-        fit(TrainConfig(val_size=0, eval_splits=("val",)))
+    with pytest.raises(Error, match="--epochs must be positive"):
+        fit(TrainConfig(epochs=0))
     with pytest.raises(ValueError, match="unknown model"):
         fit(dataclasses.replace(TINY, model="resnet21"))

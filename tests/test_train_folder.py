@@ -105,3 +105,41 @@ def test_size_and_padding_flags_that_do_not_fit_the_data_are_one_line_errors(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
     assert list(tmp_path.iterdir()) == []  # no run directory was started
+
+
+@pytest.fixture(scope="module")
+def small_flat(tmp_path_factory) -> Path:
+    """40 images in 2 class folders and nothing else: no train/, no val/."""
+    root = tmp_path_factory.mktemp("flat")
+    for label, name in enumerate(CLASSES):
+        (root / name).mkdir()
+        for i in range(20):
+            _picture(root / name / f"{i}.png", label, (40 + i, 36 + i), seed=300 * label + i)
+    return root
+
+
+def test_forty_images_in_two_class_folders_train_evaluate_and_predict_with_default_flags(
+    small_flat, tmp_path, capsys
+):
+    run_dir = tmp_path / "run"
+    # Default flags but two, for speed only: one epoch, and 32-pixel crops instead of 224.
+    fast = ["--epochs", "1", "--image-size", "32", "--no-progress"]
+    assert main(["train", "--data", f"imagefolder:{small_flat}", *fast, "--out", str(run_dir)]) == 0
+    out, err = capsys.readouterr()
+    assert "final: val error" in out  # the capped hold-out was evaluated; there is no test split
+    assert "holding out 8 of the 40 training images as the val split" in err
+    assert "each step takes 32" in err and "no test split to evaluate" in err
+    assert main(["eval", str(run_dir)]) == 0  # no test split: eval takes the held-out val
+    assert "val (8 images): top-1 error" in capsys.readouterr().out
+    assert main(["predict", str(run_dir), str(small_flat / "circle" / "3.png")]) == 0
+    assert capsys.readouterr().out.startswith(f"{small_flat / 'circle' / '3.png'}: ")
+
+
+def test_val_size_0_turns_the_val_evaluation_off(small_flat, tmp_path, capsys):
+    flags = ["--val-size", "0", "--epochs", "1", "--image-size", "32", "--workers", "0", "--no-progress"]
+    assert main(["train", "--data", f"imagefolder:{small_flat}", *flags, "--out", str(tmp_path / "r")]) == 0
+    out, err = capsys.readouterr()
+    assert "final:" not in out  # nothing to evaluate: the folder has no test split either
+    assert "no val split to evaluate (--val-size is 0)" in err
+    assert '"kind": "eval"' not in (tmp_path / "r" / "metrics.jsonl").read_text()
+    assert "each step takes 40" in err  # all 40 images train

@@ -182,10 +182,18 @@ def test_in_chans_follows_timms_rule_computed_by_hand(tmp_path, in_chans):
         torch.testing.assert_close(model(x), source(x.expand(-1, 3, -1, -1)), rtol=1e-4, atol=1e-5)
 
 
-def test_adapt_input_conv_refuses_a_source_that_is_not_rgb():
+def test_adapt_input_conv_refuses_a_source_that_is_neither_rgb_nor_grey():
     assert adapt_input_conv(torch.ones(2, 3, 1, 1), 3).equal(torch.ones(2, 3, 1, 1))
-    with pytest.raises(Error, match="cannot adapt a 1-channel first conv to 4 channels"):
-        adapt_input_conv(torch.ones(2, 1, 3, 3), 4)
+    with pytest.raises(Error, match="cannot adapt a 2-channel first conv to 4 channels"):
+        adapt_input_conv(torch.ones(2, 2, 3, 3), 4)
+    # a grey kernel to RGB: three copies at a third, so a grey image copied to RGB gives the same
+    grey = torch.randn(4, 1, 3, 3)
+    x = torch.randn(2, 1, 8, 8)
+    rgb = adapt_input_conv(grey, 3)
+    assert rgb.shape == (4, 3, 3, 3)
+    torch.testing.assert_close(
+        torch.nn.functional.conv2d(x.expand(-1, 3, -1, -1), rgb), torch.nn.functional.conv2d(x, grey)
+    )
     # 7 channels: three copies, cut to 7, each scaled by 3/7
     adapted = adapt_input_conv(torch.arange(3.0).view(1, 3, 1, 1), 7)
     assert adapted.flatten().tolist() == pytest.approx([x * 3 / 7 for x in (0, 1, 2, 0, 1, 2, 0)])

@@ -6,7 +6,15 @@ per batch on the device; `imagefolder:PATH` is a `FolderDataset` decoded by Data
 
 from resnetlab.data.arrays import ImageArrays, split_indices
 from resnetlab.data.augment import AUGMENT_PRESETS, Augment
-from resnetlab.data.datasets import SPLITS, list_datasets, load_dataset, mirror_warning
+from resnetlab.data.datasets import (
+    SPLITS,
+    has_split,
+    list_datasets,
+    load_dataset,
+    mirror_warning,
+    per_class_subset,
+    select_classes,
+)
 from resnetlab.data.folder import FolderDataset, UnreadableImage
 from resnetlab.data.loader import DeviceLoader, FolderLoader, epoch_order, make_loader
 
@@ -20,9 +28,12 @@ __all__ = [
     "ImageArrays",
     "UnreadableImage",
     "epoch_order",
+    "has_split",
     "list_datasets",
     "load_dataset",
     "make_loader",
     "mirror_warning",
+    "per_class_subset",
+    "select_classes",
     "split_indices",
 ]

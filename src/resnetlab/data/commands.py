@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from resnetlab.data.datasets import describe, list_datasets, load_dataset, locate, published
+from resnetlab.data.datasets import describe, has_split, list_datasets, load_dataset, locate, published
+from resnetlab.data.folder import train_dir
+from resnetlab.errors import Error
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -42,14 +45,15 @@ def _size(n: int) -> str:
 def _report(name: str, data_dir: str | None, header: list[str]) -> None:
     """Load train and test first, so a bad data set prints nothing but its error."""
     train = load_dataset(name, "train", data_dir=data_dir, download=False)
-    test = load_dataset(name, "test", data_dir=data_dir, download=False)
+    has_test = has_split(name, "test", val_size=0)
+    test = load_dataset(name, "test", data_dir=data_dir, download=False) if has_test else None
     shown = train.classes if train.num_classes <= 12 else [*train.classes[:10], "..."]
     mean = ", ".join(f"{v:.4f}" for v in train.mean)
     std = ", ".join(f"{v:.4f}" for v in train.std)
     for line in (
         *header,
         f"train: {describe(train)}",
-        f"test:  {describe(test)}",
+        f"test:  {describe(test)}" if test else "test:  none (training holds out --val-size images as val)",
         f"classes: {', '.join(shown)}",
         f"normalisation (train split): mean ({mean}), std ({std})",
     ):
@@ -57,9 +61,17 @@ def _report(name: str, data_dir: str | None, header: list[str]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.data_dir is not None and not Path(args.data_dir).is_dir():
+        raise Error(
+            f"--data-dir {args.data_dir} is not a directory; fix the path or create it to download into"
+        )
     if args.name.startswith("imagefolder:"):
-        root = args.name.removeprefix("imagefolder:")
-        _report(args.name, args.data_dir, [f"{root}: train/ and val/ (each image is checked when decoded)"])
+        root = Path(args.name.removeprefix("imagefolder:")).expanduser()
+        if not train_dir(root):
+            layout = "class folders, no test split"
+        else:
+            layout = "train/ and val/" if has_split(args.name, "test", val_size=0) else "train/, no val/"
+        _report(args.name, args.data_dir, [f"{root}: {layout} (each image is checked when decoded)"])
         return 0
     files = locate(args.name, args.data_dir, download=not args.no_download)
     checked = published(args.name, args.data_dir, download=False)

@@ -6,9 +6,11 @@ import functools
 import os
 from pathlib import Path
 
+import torch
+
 from resnetlab.data import cifar, mnist
 from resnetlab.data.arrays import ImageArrays, Published, channel_histogram, histogram_stats, split_indices
-from resnetlab.data.folder import DEFAULT_IMAGE_SIZE, FolderDataset, load_folder
+from resnetlab.data.folder import DEFAULT_IMAGE_SIZE, FolderDataset, has_test_split, load_folder
 from resnetlab.data.sources import SOURCES
 from resnetlab.errors import Error
 
@@ -18,6 +20,19 @@ _READERS = {"idx": mnist, "cifar": cifar}
 
 def list_datasets() -> list[str]:
     return [*SOURCES, "imagefolder:PATH"]
+
+
+def has_split(name: str, split: str, *, val_size: int) -> bool:
+    """Whether data set `name` has `split` when `val_size` examples are asked to be held out.
+
+    val needs a hold-out (val_size > 0); test is the published test part, or a folder's val/
+    beside train/ (a folder of class folders only has none).
+    """
+    if split == "val":
+        return val_size > 0
+    if split == "test" and name.startswith("imagefolder:"):
+        return has_test_split(name.removeprefix("imagefolder:"))
+    return split in SPLITS
 
 
 def mirror_warning(name: str, flag: str) -> str | None:
@@ -96,6 +111,36 @@ def load_dataset(
         index = train_idx if split == "train" else val_idx
         images, labels = data.train_images.index_select(0, index), data.train_labels.index_select(0, index)
     return ImageArrays(images, labels, list(data.classes), mean, std)
+
+
+def select_classes(
+    dataset: ImageArrays | FolderDataset, classes: tuple[int, ...]
+) -> ImageArrays | FolderDataset:
+    """The examples of `classes` (indices into `dataset.classes`), relabelled 0..N-1 in that order;
+    the normalisation stays the whole training split's."""
+    if any(c >= dataset.num_classes for c in classes):
+        raise Error(f"--classes: {dataset.num_classes} classes have indices 0..{dataset.num_classes - 1}")
+    labels = torch.as_tensor(dataset.labels)
+    keep = torch.isin(labels, torch.tensor(classes)).nonzero().flatten()
+    relabel = torch.full((dataset.num_classes,), -1, dtype=torch.int64)
+    relabel[list(classes)] = torch.arange(len(classes))
+    picked = dataset.subset(keep)
+    picked.classes = [dataset.classes[c] for c in classes]
+    if isinstance(picked, ImageArrays):
+        picked.labels = relabel[picked.labels]
+    else:
+        picked.labels = relabel[torch.as_tensor(picked.labels)].numpy()
+    return picked
+
+
+def per_class_subset(
+    dataset: ImageArrays | FolderDataset, count: int, seed: int
+) -> ImageArrays | FolderDataset:
+    """`count` examples of each class, drawn by `seed` (all of a class that has fewer)."""
+    labels = torch.as_tensor(dataset.labels)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    picks = [order[labels[order] == c][:count] for c in range(dataset.num_classes)]
+    return dataset.subset(torch.cat(picks).sort().values)
 
 
 def describe(dataset: ImageArrays | FolderDataset) -> str:

@@ -1,7 +1,12 @@
-"""Image folders in the ImageNet layout, decoded with Pillow inside DataLoader workers.
+"""Image folders, decoded with Pillow inside DataLoader workers.
 
-PATH/train/<class>/<image> and PATH/val/<class>/<image>. A class's index is its position in the
-sorted list of train/ folders. Training crops are random-resized crops [Szegedy15, "Going Deeper
+Two layouts: ImageNet's PATH/train/<class>/<image> and PATH/val/<class>/<image> (val/ is the
+evaluation split, "test"), or just PATH/<class>/<image>, the way most people keep their own
+photos (no test split; the val split is held out of it). A class's index is its position in the
+sorted list of class folders. A held-out val split takes at most `MAX_VAL_FRACTION` of the
+images, so the defaults that suit Fashion-MNIST (5000) still work on a folder of a few dozen.
+Images of any size and mode are read: EXIF rotation applied, 16-bit scaled to 8, palettes and
+CMYK converted. Training crops are random-resized crops [Szegedy15, "Going Deeper
 with Convolutions"]; evaluation resizes the short side to image_size / 0.875 and takes the
 centre image_size crop. Both are a single Pillow resize of a box, never a second resample.
 """
@@ -15,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from resnetlab.data.arrays import split_indices
@@ -27,6 +32,8 @@ IMAGE_EXTENSIONS = frozenset(
 _SCALE = (0.08, 1.0)  # fraction of the image area a training crop covers
 _LOG_RATIO = (math.log(3 / 4), math.log(4 / 3))  # crop aspect ratio (w / h), sampled log-uniformly
 _STATS_SAMPLE = 128  # training images decoded to estimate the normalisation
+MAX_VAL_FRACTION = 0.2  # of a folder's training images, at most, held out as the val split
+_WIDE_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})  # 16-bit (or int32) grey
 
 
 class UnreadableImage(Error):
@@ -115,15 +122,24 @@ class FolderDataset(Dataset):
         return torch.from_numpy(np.array(image)).permute(2, 0, 1)
 
 
-def decode(path: Path) -> Image.Image:
-    """The image at `path` as RGB; any decoder failure becomes `UnreadableImage`."""
+def decode(path: Path, mode: str = "RGB") -> Image.Image:
+    """The image at `path`, upright, as 8-bit `mode` ("RGB" or "L"); a failure is `UnreadableImage`."""
     try:
         with Image.open(path) as file:
-            if file.mode == "P" and "transparency" in file.info:
-                return file.convert("RGBA").convert("RGB")  # as Pillow asks for palette transparency
-            return file.convert("RGB")
+            return to_mode(ImageOps.exif_transpose(file), mode)  # cameras store rotation in EXIF
     except Exception as exc:  # Pillow signals bad files with OSError, SyntaxError, ValueError, bomb errors...
         raise UnreadableImage(f"{path}: {type(exc).__name__}: {exc}") from None
+
+
+def to_mode(image: Image.Image, mode: str) -> Image.Image:
+    """`image` as 8-bit `mode`. Pillow's own convert clips 16-bit grey at 255 (nearly all white),
+    so those are scaled by 255 / 65535 first; palette transparency goes through RGBA as Pillow asks."""
+    if image.mode in _WIDE_MODES:
+        wide = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.clip(np.rint(wide / 257), 0, 255).astype(np.uint8), "L")
+    elif image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    return image if image.mode == mode else image.convert(mode)
 
 
 def random_resized_box(size: tuple[int, int], rng: np.random.Generator) -> tuple[int, int, int, int]:
@@ -187,6 +203,32 @@ def estimate_stats(
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
+_LAYOUT = (
+    "imagefolder:PATH expects PATH/train/<class>/<image> and PATH/val/<class>/<image>, "
+    "or PATH/<class>/<image>"
+)
+
+
+def train_dir(root: Path) -> str:
+    """The folder of `root`'s training images, relative to it: "train" or "" (class folders only)."""
+    if (root / "train").is_dir():
+        return "train"
+    if root.is_dir() and any(entry.is_dir() for entry in os.scandir(root)):
+        return ""
+    raise Error(f"{root / 'train'} is not a folder; {_LAYOUT}")
+
+
+def has_test_split(root: str | Path) -> bool:
+    """Whether a folder has a test split: its val/ folder, beside train/."""
+    root = Path(root).expanduser()
+    return (root / "train").is_dir() and (root / "val").is_dir()
+
+
+def held_out_size(num_images: int, val_size: int) -> int:
+    """Images a folder holds out as its val split: `val_size`, capped at MAX_VAL_FRACTION of them."""
+    return min(val_size, int(num_images * MAX_VAL_FRACTION))
+
+
 def load_folder(
     root: Path,
     split: str,
@@ -196,28 +238,28 @@ def load_folder(
     strict: bool = False,
     image_size: int = DEFAULT_IMAGE_SIZE,
 ) -> FolderDataset:
-    """`split` of an ImageNet-layout folder: train/ minus the hold-out, the hold-out, or val/.
+    """`split` of an image folder: the training images minus the hold-out, the hold-out, or val/.
 
-    "val" is the `val_size` images held out of train/ when val_size > 0, else the val/ folder;
-    "test" is always val/ (ImageNet's public evaluation set).
+    "val" is the `held_out_size(N, val_size)` images held out of the N training images when that
+    is > 0, else the val/ folder; "test" is always val/ (ImageNet's public evaluation set).
     """
     root = Path(root).expanduser()
-    layout = "imagefolder:PATH expects PATH/train/<class>/<image> and PATH/val/<class>/<image>"
-    if not (root / "train").is_dir():
-        raise Error(f"{root / 'train'} is not a folder; {layout}")
-    classes = sorted(entry.name for entry in os.scandir(root / "train") if entry.is_dir())
-    paths, labels = _scan(root, "train", classes)
+    top = train_dir(root)
+    classes = sorted(entry.name for entry in os.scandir(root / top) if entry.is_dir())
+    paths, labels = _scan(root, top, classes)
     if len(paths) == 0:
-        raise Error(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root / 'train'}; {layout}")
-    train_idx, val_idx = split_indices(len(paths), val_size, seed)
+        raise Error(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root / top}; {_LAYOUT}")
+    held_out = held_out_size(len(paths), val_size)
+    train_idx, val_idx = split_indices(len(paths), held_out, seed)
     mean, std = estimate_stats(root, paths[train_idx.numpy()], seed)
-    if split == "train" or (split == "val" and val_size > 0):
+    if split == "train" or (split == "val" and held_out > 0):
         index = train_idx if split == "train" else val_idx
         paths, labels = paths[index.numpy()], labels[index.numpy()]
     else:
-        if not (root / "val").is_dir():
+        if not has_test_split(root):
             raise Error(
-                f"{root / 'val'} is not a folder; {layout} (or hold out training images with --val-size)"
+                f"{root} has no {split} split: a held-out val split needs --val-size > 0 and at least "
+                f"{math.ceil(1 / MAX_VAL_FRACTION)} images, a test split PATH/train/ and PATH/val/"
             )
         if extra := sorted({e.name for e in os.scandir(root / "val") if e.is_dir()} - set(classes)):
             raise Error(f"{root / 'val'} has class folders that train/ lacks: {', '.join(extra[:5])}")

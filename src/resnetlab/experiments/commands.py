@@ -61,7 +61,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     exp = subparsers.add_parser(
         "experiment",
-        help="run one of the experiments (degradation, gradients, responses, lesion, landscape, shattered)",
+        help=f"run one of the experiments ({', '.join(EXPERIMENTS)})",
         description="Run an experiment into a run directory: results.json, PNG figures, report.html.",
     )
     names = exp.add_subparsers(dest="experiment", required=True, metavar="NAME")

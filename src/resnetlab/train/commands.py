@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
 import textwrap
 import time
@@ -16,14 +17,18 @@ from pathlib import Path
 
 from resnetlab.errors import Error
 from resnetlab.flags import add_field_flags, format_value, given_fields
+from resnetlab.train.checkpoint import inference_weights
 from resnetlab.train.config import RECIPES, RESUME_MAY_CHANGE, TrainConfig, get_recipe, list_recipes
 from resnetlab.train.distributed import setup_runtime, teardown_runtime
 from resnetlab.train.engine import fit
 from resnetlab.train.evaluate import evaluate_checkpoint, format_report
 from resnetlab.train.predict import predict
 from resnetlab.train.rundir import read_config
+from resnetlab.weights.formats import read_checkpoint
+from resnetlab.weights.registry import find_by_path, find_by_url, get_weights
 
 DEFAULT_RECIPE = "fast"
+FINETUNE_RECIPE = "finetune"  # the default with --init-from
 RUNS_DIR = "runs"  # where `train` puts a run when --out is not given
 
 
@@ -40,7 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument(
-        "--recipe", choices=list_recipes(), help=f"preset for every field below (default: {DEFAULT_RECIPE})"
+        "--recipe",
+        choices=list_recipes(),
+        help=f"preset for every field below (default: {DEFAULT_RECIPE}; with --init-from, {FINETUNE_RECIPE})",
     )
     train.add_argument(
         "--resume",
@@ -70,7 +77,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--data", help="data set to evaluate on (default: the one it was trained on)")
     ev.add_argument("--data-dir", metavar="DIR", help="where the data set files are")
     ev.add_argument(
-        "--split", choices=("val", "test"), default="test", help="split to evaluate (default: test)"
+        "--split",
+        choices=("val", "test"),
+        help="split to evaluate (default: test; for a folder of class folders only, its held-out val)",
     )
     ev.add_argument("--batch-size", type=int, default=512, help="examples per batch (default: 512)")
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
@@ -144,6 +153,7 @@ def _train_epilog() -> str:
         "examples:",
         "  resnetlab train --model resnet20 --data fashion-mnist --recipe fast --epochs 15 --out runs/r20",
         "  resnetlab train --model resnet110 --data cifar10 --recipe paper-cifar --out runs/paper-r110",
+        "  resnetlab train --init-from resnet20.fmnist --data imagefolder:photos --freeze layer1",
         "  resnetlab train --resume runs/r20",
         "  torchrun --nproc-per-node 2 -m resnetlab train --model resnet20 --out runs/r20-ddp",
     ]
@@ -160,7 +170,11 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
     """(the config to train, whether it resumes) from the recipe or RUN_DIR plus the flags given."""
     given = given_fields(TrainConfig, args)
     if args.resume is None:
-        cfg = dataclasses.replace(get_recipe(args.recipe or DEFAULT_RECIPE), **given)
+        fine_tuning = given.get("init_from") is not None
+        if fine_tuning and "model" not in given:
+            given["model"] = weights_model(given["init_from"]) or RECIPES[DEFAULT_RECIPE].model
+        default = FINETUNE_RECIPE if fine_tuning else DEFAULT_RECIPE
+        cfg = dataclasses.replace(get_recipe(args.recipe or default), **given)
         if cfg.data.startswith("imagefolder:") and "crop_padding" not in given:
             # The small-image recipes pad and crop; folders take random-resized crops instead. Only
             # a --crop-padding the user typed is a contradiction worth an error (TrainConfig.check).
@@ -182,6 +196,25 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
     if not run_dir.is_dir():
         raise Error(f"--resume {run_dir}: no such run directory")
     return dataclasses.replace(read_config(run_dir), out=str(run_dir), **given), True
+
+
+def weights_model(source: str) -> str | None:
+    """The model that the weights `source` names hold, found without downloading anything: a
+    registry tag's, a resnetlab run's or weights file's; None where only loading would tell."""
+    if source.startswith(("http://", "https://")):
+        entry = find_by_url(source)
+        return entry.model if entry else None
+    path = Path(source).expanduser()
+    if path.exists():
+        weights = inference_weights(path)
+        entry = find_by_path(weights)
+        if entry is not None:
+            return entry.model
+        return (read_checkpoint(weights)[1] or {}).get("model") if weights.suffix == ".safetensors" else None
+    if os.sep in source or source.endswith((".pth", ".pt", ".bin", ".ckpt", ".safetensors")):
+        return None  # a file that is not there: loading it says so
+        return None
+    return get_weights(source).model
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -1,10 +1,13 @@
 """The training loop: `fit(cfg)` trains one model and returns it with its history.
 
 Reading order: `fit` decides where it runs (`Runtime`: device, rank, world size) and which
-kernels it may use; `_fit` loads the data, builds the model, optimizer, schedule and EMA,
-opens the run directory, maybe restores a checkpoint, and then runs the loop. Every step is
-forward (under autocast), loss, backward, optional clipping, SGD step, EMA update. Train records,
-evaluations and checkpoints happen at fixed step counts, so a resumed run makes the same ones.
+kernels it may use; `_fit` loads the data, then `_build_state` builds the model (random, or from
+--init-from, frozen as --freeze says), its input pipeline, optimizer, schedule and EMA and opens
+the run directory, all in one `_State`; `_restore` loads a checkpoint into it when resuming, and
+`_run` is the loop. Every step is forward (under autocast), loss, backward, optional clipping, SGD
+step, EMA update. Train records (`_log_train`), evaluations (`_log_eval`) and checkpoints
+(`_write_checkpoint`) are functions of the state, made at fixed step counts, so a resumed run
+makes the same ones.
 
 Everything rank-dependent goes through `Runtime`, so one process and `torchrun --nproc-per-node N`
 take the same path: each rank trains on its stride of the epoch's permutation with batch_size / N
@@ -17,12 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import math
 import os
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +36,17 @@ from torch import nn
 from tqdm import tqdm
 
 from resnetlab import CUBLAS_WORKSPACE
-from resnetlab.data import Augment, load_dataset, make_loader, mirror_warning
+from resnetlab.data import (
+    Augment,
+    FolderDataset,
+    has_split,
+    load_dataset,
+    make_loader,
+    mirror_warning,
+    per_class_subset,
+    select_classes,
+)
+from resnetlab.data.folder import MAX_VAL_FRACTION
 from resnetlab.errors import Error
 from resnetlab.models import create_model
 from resnetlab.models.registry import get_builder
@@ -48,6 +62,7 @@ from resnetlab.train.config import RESUME_MAY_CHANGE, TrainConfig
 from resnetlab.train.distributed import Runtime, setup_runtime, teardown_runtime
 from resnetlab.train.ema import EMA
 from resnetlab.train.evaluate import evaluate
+from resnetlab.train.freeze import freeze, pin_frozen_norms
 from resnetlab.train.optim import LRSchedule, build_optimizer, count_weighted_layers
 from resnetlab.train.precision import autocast, grad_scaler
 from resnetlab.train.rundir import (
@@ -58,6 +73,7 @@ from resnetlab.train.rundir import (
     read_metrics,
     write_config,
 )
+from resnetlab.weights import get_weights
 
 # Steps between checks of the train error that ends [He15]'s warm-up (~400 steps long): each check
 # waits for the device and all-reduces, which the other steps never do.
@@ -105,21 +121,101 @@ def fit(
 def _fit(
     cfg: TrainConfig, model: nn.Module | None, *, resume: bool, overwrite: bool, runtime: Runtime
 ) -> TrainResult:
-    device, world = runtime.device, runtime.world_size
+    """Load the data, build the run's state, restore it from a checkpoint when resuming, train."""
+    _check_runtime(cfg, model, runtime)
+    # Rank 0 loads first, so only one process downloads missing files.
+    splits = runtime.main_first(lambda: _load_splits(cfg, talk=runtime.is_main))
+    train_set = splits.pop("train")
+    cfg = _batch_that_fits(cfg, len(train_set), runtime)
+    if cfg.flip and runtime.is_main and (warning := mirror_warning(cfg.data, "--flip")):
+        print(f"{warning}; --no-flip turns it off", file=sys.stderr)
+    state = _build_state(cfg, model, train_set, splits, runtime, resume=resume, overwrite=overwrite)
+    rng, history = _restore(state, runtime) if resume else (None, [])
+    state.recorder = Recorder(state.run_dir if runtime.is_main else None, history)
+    state.bar = tqdm(
+        total=state.total_steps,
+        initial=state.step,
+        unit="step",
+        dynamic_ncols=True,
+        disable=not (state.talk and sys.stderr.isatty()),  # no bar in logs and pipes: they stay clean
+    )
+    torch.manual_seed(cfg.seed + runtime.rank)  # dropout-like draws (drop_path) differ between ranks
+    if rng is not None:  # nothing draws from the global RNG between here and the first step
+        _restore_rng_state(rng, runtime)
+    try:
+        _run(state, runtime)
+    finally:
+        state.bar.close()
+        state.recorder.close()
+    runtime.barrier()  # every rank returns once rank 0's files are complete
+    return TrainResult(state.eval_model.eval(), state.recorder.history, state.run_dir, cfg)
+
+
+def _check_runtime(cfg: TrainConfig, model: nn.Module | None, runtime: Runtime) -> None:
+    """What the config asks of this runtime, checked before any data is read."""
+    world = runtime.world_size
     if model is None:
         get_builder(cfg.model)  # an unknown model name fails now, not after the data is read
     if cfg.batch_size % world or cfg.eval_batch_size % world:
         raise Error(f"--batch-size and --eval-batch-size are global and must divide by the {world} ranks")
-    if cfg.amp == "fp16" and device.type != "cuda":
+    if cfg.amp == "fp16" and runtime.device.type != "cuda":
         raise Error("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
     if cfg.sync_bn:
         runtime.check_sync_bn()
 
-    # Data. Rank 0 loads first, so only one process downloads missing files.
-    splits = runtime.main_first(lambda: _load_splits(cfg))
-    train_set = splits.pop("train")
-    if cfg.flip and runtime.is_main and (warning := mirror_warning(cfg.data, "--flip")):
-        print(f"{warning}; --no-flip turns it off", file=sys.stderr)
+
+@dataclass
+class _State:
+    """What a run carries from step to step; checkpoints hold what `_restore` needs of it."""
+
+    cfg: TrainConfig
+    model: nn.Module  # unwrapped, on the device; what checkpoints hold
+    train_model: nn.Module  # the model as trained: DDP-wrapped and/or compiled
+    eval_model: nn.Module  # the EMA when kept, else `model`
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    ema: EMA | None
+    scaler: torch.amp.GradScaler
+    loader: Any  # the training batches (DeviceLoader or FolderLoader)
+    eval_loaders: dict[str, Any]  # split -> its batches
+    num_classes: int
+    meta: dict[str, Any]  # stored with the weights (`_model_meta`)
+    run_dir: Path | None
+    talk: bool  # rank 0 with --progress: prints evaluations
+    total_steps: int
+    steps_per_epoch: int
+    step: int = 0
+    last_checkpoint: Path | None = None
+    recorder: Recorder = field(init=False)  # made once resuming has read the history back
+    bar: tqdm = field(init=False)
+
+    @property
+    def epoch(self) -> float:
+        return round(self.step / self.steps_per_epoch, 4)
+
+
+def _build_state(
+    cfg: TrainConfig,
+    model: nn.Module | None,
+    train_set: Any,
+    splits: dict[str, Any],
+    runtime: Runtime,
+    *,
+    resume: bool,
+    overwrite: bool,
+) -> _State:
+    """The model (maybe from --init-from, frozen as --freeze says), its input pipeline, optimizer,
+    schedule and EMA, and the run directory, all at step 0."""
+    device, world = runtime.device, runtime.world_size
+    # The initial weights depend on the seed alone, not on the rank.
+    torch.manual_seed(cfg.seed)
+    if model is None:
+        model = _create(cfg, train_set, is_main=runtime.is_main)
+    normalization = follow_weights(cfg, getattr(model, "pretrained_cfg", None), [train_set, *splits.values()])
+    frozen = freeze(model, cfg.freeze)
+    if frozen and runtime.is_main:
+        print(f"resnetlab: --freeze {cfg.freeze}: {', '.join(frozen)} frozen", file=sys.stderr)
+
     augment = Augment(cfg.crop_padding, cfg.flip, cfg.erasing, cfg.mixup, cfg.cutmix)
     shared = dict(device=device, rank=runtime.rank, world_size=world, num_workers=cfg.workers)
     loader = make_loader(
@@ -143,154 +239,183 @@ def _fit(
     }
     steps_per_epoch = len(loader)
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
-    num_epochs = math.ceil(total_steps / steps_per_epoch)
 
-    # Model, optimizer, schedule. The initial weights depend on the seed alone, not on the rank.
-    torch.manual_seed(cfg.seed)
-    if model is None:
-        model = create_model(
-            cfg.model, num_classes=train_set.num_classes, in_chans=train_set.in_chans, **cfg.model_kwargs
-        )
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
     optimizer = build_optimizer(cfg, model)
-    schedule = LRSchedule(optimizer, cfg, total_steps, depth=count_weighted_layers(model))
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay else None
-    scaler = grad_scaler(device, cfg.amp)
-    meta = _model_meta(cfg, train_set)
-
-    # Run directory and resumption.
-    run_dir = _open_run_dir(
-        cfg, runtime, resume=resume, overwrite=overwrite, dataset=_describe(train_set, splits)
-    )
-    step, history, last_checkpoint, rng = 0, [], None, None
-    if resume:
-        last_checkpoint = _resume_point(run_dir, runtime)
-    if last_checkpoint is not None:
-        state = load_train_state(last_checkpoint)
-        if state["total_steps"] != total_steps:
-            raise Error(
-                f"{last_checkpoint} was made for a {state['total_steps']}-step run but this one has "
-                f"{total_steps} steps; resume with the run's own data and batch size"
-            )
-        model.load_state_dict(load_weights(last_checkpoint / MODEL_FILE)[0])
-        if ema is not None:
-            ema.module.load_state_dict(load_weights(last_checkpoint / EMA_FILE)[0])
-            ema.updates = state["ema_updates"]
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        scaler.load_state_dict(state["scaler"])
-        step, rng = state["step"], state["rng"]
-        history = read_metrics(run_dir)[: state["history_len"]] if runtime.is_main else []
-    torch.manual_seed(cfg.seed + runtime.rank)  # dropout-like draws (drop_path) differ between ranks
-    if rng is not None:  # nothing draws from the global RNG between here and the first step
-        _restore_rng_state(rng, runtime)
-
     train_model = runtime.wrap(model, sync_bn=cfg.sync_bn)
+    pin_frozen_norms(model)  # --sync-bn made new BN modules: frozen ones stay in eval mode
     if cfg.compile:
         train_model = torch.compile(train_model)
-    eval_model = ema.module if ema is not None else model
-    recorder = Recorder(run_dir if runtime.is_main else None, history)
+
+    description = _describe(train_set, splits, model, normalization)
+    run_dir = _open_run_dir(cfg, runtime, resume=resume, overwrite=overwrite, dataset=description)
     talk = cfg.progress and runtime.is_main
-    bar = tqdm(
-        total=total_steps,
-        initial=step,
-        unit="step",
-        dynamic_ncols=True,
-        disable=not (talk and sys.stderr.isatty()),  # no bar in logs and pipes: they stay clean
+    return _State(
+        cfg=cfg,
+        model=model,
+        train_model=train_model,
+        eval_model=ema.module if ema is not None else model,
+        optimizer=optimizer,
+        schedule=LRSchedule(optimizer, cfg, total_steps, depth=count_weighted_layers(model)),
+        ema=ema,
+        scaler=grad_scaler(device, cfg.amp),
+        loader=loader,
+        eval_loaders=eval_loaders,
+        num_classes=train_set.num_classes,
+        meta=_model_meta(cfg, train_set, model),
+        run_dir=run_dir,
+        talk=talk,
+        total_steps=total_steps,
+        steps_per_epoch=steps_per_epoch,
     )
 
-    def log_train(window: _Window, lr: float) -> None:
-        loss, err, img_per_s = window.flush(runtime)
-        if not math.isfinite(loss):
-            _diverged(loss, step, step / steps_per_epoch, last_checkpoint)
-        record = {"kind": "train", "step": step, "epoch": round(step / steps_per_epoch, 4)}
-        recorder.log({**record, "loss": loss, "err": err, "lr": lr, "img_per_s": img_per_s})
-        bar.set_postfix(
-            loss=f"{loss:.3f}", acc=f"{100 * (1 - err):.1f}%", img_s=f"{img_per_s:.0f}", refresh=False
-        )
 
-    def log_eval() -> None:
-        # Each rank's BN statistics (and so their EMA) hold its own last batches: evaluate one
-        # model on every rank, rank 0's, which is the one checkpointed.
-        runtime.broadcast_buffers(model)
-        if ema is not None:
-            runtime.broadcast_buffers(ema.module)
-        for split, split_loader in eval_loaders.items():
-            result = evaluate(
-                eval_model, split_loader, num_classes=train_set.num_classes, runtime=runtime, amp=cfg.amp
+def _create(cfg: TrainConfig, train_set: Any, *, is_main: bool) -> nn.Module:
+    """cfg.model for the data's classes and channels: randomly initialised, or from --init-from
+    (a head of another class count starts afresh, a first conv of other channels is adapted)."""
+    shape = dict(num_classes=train_set.num_classes, in_chans=train_set.in_chans, **cfg.model_kwargs)
+    if cfg.init_from is None:
+        return create_model(cfg.model, **shape)
+    with contextlib.redirect_stderr(sys.stderr if is_main else io.StringIO()):  # one rank says it
+        model = create_model(cfg.model, pretrained=cfg.init_from, **shape)
+        known = model.pretrained_cfg.get("classes")
+        if known is not None and list(known) != list(train_set.classes):
+            # As many classes, but other ones (the transfer experiment's 5 + 5): a head that
+            # predicts the old ones is no start, so it starts fresh as for another class count.
+            model.reset_classifier(train_set.num_classes)
+            model.pretrained_cfg = {**model.pretrained_cfg, "classes": None}
+            print(
+                f"resnetlab: {cfg.init_from}: its head predicts other classes ({', '.join(known[:3])}, ...); "
+                "fc starts fresh",
+                file=sys.stderr,
             )
-            epoch = round(step / steps_per_epoch, 4)
-            recorder.log({"kind": "eval", "split": split, "step": step, "epoch": epoch, **result.record()})
-            if talk:
-                bar.write(
-                    f"epoch {epoch:g} step {step} {split}: error {100 * result.err:.2f}%, "
-                    f"top-5 error {100 * result.top5_err:.2f}%, loss {result.loss:.4f}"
-                )
-        recorder.plot()
+    return model
 
-    def write_checkpoint(window: _Window) -> Path | None:
-        if not window.finite(runtime):
-            _diverged(math.nan, step, step / steps_per_epoch, last_checkpoint)
-        rng_states = _rng_states(runtime)  # a collective: every rank takes part
-        if run_dir is None or not runtime.is_main:
-            return last_checkpoint
-        train_state = {
-            "total_steps": total_steps,
-            "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(),
-            "scaler": scaler.state_dict(),
-            "ema_updates": ema.updates if ema is not None else 0,
-            "rng": rng_states,
-            "history_len": len(recorder.history),
-        }
-        return save_checkpoint(
-            run_dir,
-            step,
-            model=model.state_dict(),
-            ema=ema.module.state_dict() if ema is not None else None,
-            meta=meta,
-            train_state=train_state,
+
+def _restore(state: _State, runtime: Runtime) -> tuple[dict[str, torch.Tensor] | None, list[dict]]:
+    """Load the latest checkpoint of a resumed run into `state`; returns its RNG states and the
+    history up to it (None and [] when the run has no checkpoint yet and starts from step 0)."""
+    checkpoint = _resume_point(state.run_dir, runtime)
+    if checkpoint is None:
+        return None, []
+    saved = load_train_state(checkpoint)
+    if saved["total_steps"] != state.total_steps:
+        raise Error(
+            f"{checkpoint} was made for a {saved['total_steps']}-step run but this one has "
+            f"{state.total_steps} steps; resume with the run's own data and batch size"
         )
+    state.model.load_state_dict(load_weights(checkpoint / MODEL_FILE)[0])
+    if state.ema is not None:
+        state.ema.module.load_state_dict(load_weights(checkpoint / EMA_FILE)[0])
+        state.ema.updates = saved["ema_updates"]
+    state.optimizer.load_state_dict(saved["optimizer"])
+    state.schedule.load_state_dict(saved["schedule"])
+    state.scaler.load_state_dict(saved["scaler"])
+    state.step, state.last_checkpoint = saved["step"], checkpoint
+    history = read_metrics(state.run_dir)[: saved["history_len"]] if runtime.is_main else []
+    return saved["rng"], history
 
-    try:
-        window = _Window(device)
-        start_epoch, skip = divmod(step, steps_per_epoch)
-        if step == total_steps:  # a finished run resumed, or restarted after its last checkpoint
-            start_epoch = num_epochs
-        model.train()
-        for epoch in range(start_epoch, num_epochs):
-            # A mid-epoch resume starts at the next batch: the loader's draws depend on (seed, epoch,
-            # batch) only, so the batches before it are neither produced nor decoded.
-            loader.set_epoch(epoch, first_batch=skip)
-            skip = 0
-            bar.set_description(f"epoch {epoch + 1}/{num_epochs}", refresh=False)
-            for x, y in loader:
-                lr = schedule.set(step)
-                loss, errors = train_step(train_model, model, optimizer, scaler, x, y, cfg, device)
-                if ema is not None:
-                    ema.update()
-                window.add(loss, errors, len(x))
-                step += 1
-                bar.update()
-                if schedule.in_error_warmup and step % _WARMUP_CHECK_EVERY == 0:
-                    schedule.observe_train_error(window.error_so_far(runtime))
-                epoch_end, last = step % steps_per_epoch == 0, step == total_steps
-                if step % cfg.log_every == 0 or epoch_end or last:
-                    log_train(window, lr)
-                paused = time.perf_counter()
-                if (step % cfg.eval_every == 0 if cfg.eval_every else epoch_end) or last:
-                    log_eval()
-                if (step % cfg.checkpoint_every == 0 if cfg.checkpoint_every else epoch_end) or last:
-                    last_checkpoint = write_checkpoint(window)
-                window.started += time.perf_counter() - paused  # img/s counts training time only
-                if last:
-                    break
-    finally:
-        bar.close()
-        recorder.close()
-    runtime.barrier()  # every rank returns once rank 0's files are complete
-    return TrainResult(eval_model.eval(), recorder.history, run_dir, cfg)
+
+def _run(state: _State, runtime: Runtime) -> None:
+    """The loop, from `state.step` to the end: steps, and the records, evaluations and
+    checkpoints due at fixed step counts (so a resumed run makes the same ones)."""
+    cfg, per_epoch, total = state.cfg, state.steps_per_epoch, state.total_steps
+    window = _Window(runtime.device)
+    start_epoch, skip = divmod(state.step, per_epoch)
+    if state.step == total:  # a finished run resumed, or restarted after its last checkpoint
+        start_epoch = math.ceil(total / per_epoch)
+    state.model.train()
+    for epoch in range(start_epoch, math.ceil(total / per_epoch)):
+        # A mid-epoch resume starts at the next batch: the loader's draws depend on (seed, epoch,
+        # batch) only, so the batches before it are neither produced nor decoded.
+        state.loader.set_epoch(epoch, first_batch=skip)
+        skip = 0
+        state.bar.set_description(f"epoch {epoch + 1}/{math.ceil(total / per_epoch)}", refresh=False)
+        for x, y in state.loader:
+            lr = state.schedule.set(state.step)
+            loss, errors = train_step(
+                state.train_model, state.model, state.optimizer, state.scaler, x, y, cfg, runtime.device
+            )
+            if state.ema is not None:
+                state.ema.update()
+            window.add(loss, errors, len(x))
+            state.step += 1
+            state.bar.update()
+            if state.schedule.in_error_warmup and state.step % _WARMUP_CHECK_EVERY == 0:
+                state.schedule.observe_train_error(window.error_so_far(runtime))
+            epoch_end, last = state.step % per_epoch == 0, state.step == total
+            if state.step % cfg.log_every == 0 or epoch_end or last:
+                _log_train(state, window, lr, runtime)
+            paused = time.perf_counter()
+            if (state.step % cfg.eval_every == 0 if cfg.eval_every else epoch_end) or last:
+                _log_eval(state, runtime)
+            if (state.step % cfg.checkpoint_every == 0 if cfg.checkpoint_every else epoch_end) or last:
+                state.last_checkpoint = _write_checkpoint(state, window, runtime)
+            window.started += time.perf_counter() - paused  # img/s counts training time only
+            if last:
+                return
+
+
+def _log_train(state: _State, window: _Window, lr: float, runtime: Runtime) -> None:
+    """A train record: the loss, error and speed since the last one."""
+    loss, err, img_per_s = window.flush(runtime)
+    if not math.isfinite(loss):
+        _diverged(loss, state.step, state.step / state.steps_per_epoch, state.last_checkpoint)
+    record = {"kind": "train", "step": state.step, "epoch": state.epoch}
+    state.recorder.log({**record, "loss": loss, "err": err, "lr": lr, "img_per_s": img_per_s})
+    state.bar.set_postfix(
+        loss=f"{loss:.3f}", acc=f"{100 * (1 - err):.1f}%", img_s=f"{img_per_s:.0f}", refresh=False
+    )
+
+
+def _log_eval(state: _State, runtime: Runtime) -> None:
+    """An eval record per split, and the curves redrawn."""
+    # Each rank's BN statistics (and so their EMA) hold its own last batches: evaluate one
+    # model on every rank, rank 0's, which is the one checkpointed.
+    runtime.broadcast_buffers(state.model)
+    if state.ema is not None:
+        runtime.broadcast_buffers(state.ema.module)
+    for split, split_loader in state.eval_loaders.items():
+        result = evaluate(
+            state.eval_model, split_loader, num_classes=state.num_classes, runtime=runtime, amp=state.cfg.amp
+        )
+        record = {"kind": "eval", "split": split, "step": state.step, "epoch": state.epoch}
+        state.recorder.log({**record, **result.record()})
+        if state.talk:
+            state.bar.write(
+                f"epoch {state.epoch:g} step {state.step} {split}: error {100 * result.err:.2f}%, "
+                f"top-5 error {100 * result.top5_err:.2f}%, loss {result.loss:.4f}"
+            )
+    state.recorder.plot()
+
+
+def _write_checkpoint(state: _State, window: _Window, runtime: Runtime) -> Path | None:
+    """Save what `_restore` needs (rank 0, with a run directory); returns the latest checkpoint."""
+    if not window.finite(runtime):
+        _diverged(math.nan, state.step, state.step / state.steps_per_epoch, state.last_checkpoint)
+    rng_states = _rng_states(runtime)  # a collective: every rank takes part
+    if state.run_dir is None or not runtime.is_main:
+        return state.last_checkpoint
+    ema = state.ema
+    train_state = {
+        "total_steps": state.total_steps,
+        "optimizer": state.optimizer.state_dict(),
+        "schedule": state.schedule.state_dict(),
+        "scaler": state.scaler.state_dict(),
+        "ema_updates": ema.updates if ema is not None else 0,
+        "rng": rng_states,
+        "history_len": len(state.recorder.history),
+    }
+    return save_checkpoint(
+        state.run_dir,
+        state.step,
+        model=state.model.state_dict(),
+        ema=ema.module.state_dict() if ema is not None else None,
+        meta=state.meta,
+        train_state=train_state,
+    )
 
 
 def train_step(
@@ -426,8 +551,9 @@ def _check_cublas_workspace() -> None:
         )
 
 
-def _load_splits(cfg: TrainConfig) -> dict[str, Any]:
-    """{"train": ..., and each of cfg.eval_splits}; --train-subset picks its examples by --seed."""
+def _load_splits(cfg: TrainConfig, *, talk: bool) -> dict[str, Any]:
+    """{"train": ..., and each of cfg.eval_splits the data has}; --train-subset picks its examples
+    by --seed. talk: say which splits are skipped and when a folder's hold-out is capped."""
     if cfg.data_dir is not None and not Path(cfg.data_dir).is_dir():
         raise Error(
             f"--data-dir {cfg.data_dir} is not a directory; fix the path or create it to download into"
@@ -440,6 +566,10 @@ def _load_splits(cfg: TrainConfig) -> dict[str, Any]:
         image_size=cfg.image_size,
     )
     train = load_dataset(cfg.data, "train", **kw)
+    if cfg.classes:
+        train = select_classes(train, cfg.classes)
+    if cfg.per_class is not None:
+        train = per_class_subset(train, cfg.per_class, cfg.seed)
     if cfg.train_subset is not None:
         if cfg.train_subset > len(train):
             raise Error(
@@ -447,14 +577,89 @@ def _load_splits(cfg: TrainConfig) -> dict[str, Any]:
             )
         pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))
         train = train.subset(pick[: cfg.train_subset].sort().values)
-    return {"train": train, **{split: load_dataset(cfg.data, split, **kw) for split in cfg.eval_splits}}
+    splits = {"train": train}
+    for split in cfg.eval_splits:
+        if has_split(cfg.data, split, val_size=cfg.val_size):
+            ds = load_dataset(cfg.data, split, **kw)
+            splits[split] = select_classes(ds, cfg.classes) if cfg.classes else ds
+        elif talk:
+            why = "--val-size is 0" if split == "val" else "the folder has no val/ beside train/"
+            print(f"resnetlab: no {split} split to evaluate ({why})", file=sys.stderr)
+    if talk and "val" in splits and len(splits["val"]) < cfg.val_size and not cfg.classes:
+        total = len(splits["val"]) + len(train)
+        print(
+            f"resnetlab: holding out {len(splits['val'])} of the {total} training images as the val split "
+            f"(--val-size {cfg.val_size} is capped at {MAX_VAL_FRACTION:.0%} of a folder)",
+            file=sys.stderr,
+        )
+    return splits
 
 
-def _model_meta(cfg: TrainConfig, train_set: Any) -> dict[str, Any]:
+def _batch_that_fits(cfg: TrainConfig, train_examples: int, runtime: Runtime) -> TrainConfig:
+    """`cfg`, with a batch no larger than the training set (a few dozen images of one's own), so
+    every step takes all of them instead of no full batch being there to take; said on stderr."""
+    fits = train_examples - train_examples % runtime.world_size
+    if cfg.batch_size <= fits or fits == 0:
+        return cfg
+    if runtime.is_main:
+        print(
+            f"resnetlab: --batch-size {cfg.batch_size} is more than the {train_examples} training "
+            f"examples; each step takes {fits}",
+            file=sys.stderr,
+        )
+    return dataclasses.replace(cfg, batch_size=fits)
+
+
+def follow_weights(cfg: TrainConfig, weights: dict[str, Any] | None, datasets: list[Any]) -> str:
+    """Feed `datasets` the way pretrained weights expect, unless the config says otherwise.
+
+    weights: the model's `pretrained_cfg` (None: random init). The input is normalised with the
+    weights' mean and std (ImageNet's for an ImageNet model, as timm does) under --normalize
+    weights or auto, and a folder is cropped, resized and interpolated as they were evaluated
+    unless --image-size is given. Returns whose statistics normalise the input: "weights" or "data".
+    """
+    weights = weights or {}
+    chosen = cfg.normalize if cfg.normalize != "auto" else ("weights" if weights else "data")
+    if chosen == "weights":
+        if weights.get("mean") is None or weights.get("std") is None:
+            if cfg.normalize == "weights":
+                raise Error(f"{cfg.init_from} records no mean and std to follow; use --normalize data")
+            chosen = "data"  # weights of unknown provenance: the data's own statistics
+        else:
+            for ds in datasets:
+                ds.mean, ds.std = tuple(weights["mean"]), tuple(weights["std"])
+    if cfg.image_size == 0 and weights.get("image_size"):
+        for ds in datasets:
+            if isinstance(ds, FolderDataset):
+                ds.image_size = weights["image_size"]
+                ds.resize_size = weights.get("resize_size") or round(ds.image_size / 0.875)
+                ds.interpolation = weights.get("interpolation") or "bilinear"
+    return chosen
+
+
+def _init_record(model: nn.Module) -> dict[str, Any] | None:
+    """Where the initial weights came from (None: random init), as config.json and the weights
+    metadata record it."""
+    weights = getattr(model, "pretrained_cfg", None)
+    if not weights:
+        return None
+    return {key: weights.get(key) for key in ("tag", "source", "model", "dataset", "num_classes", "in_chans")}
+
+
+def _model_kwargs(cfg: TrainConfig, model: nn.Module) -> dict[str, Any]:
+    """The builder options that rebuild `model`: a checkpoint's own (depth=8) under the config's."""
+    weights = getattr(model, "pretrained_cfg", None) or {}
+    stored = dict(weights.get("model_kwargs") or {})
+    if weights.get("tag"):
+        stored = {**get_weights(weights["tag"]).model_kwargs, **stored}
+    return {**stored, **cfg.model_kwargs}
+
+
+def _model_meta(cfg: TrainConfig, train_set: Any, model: nn.Module) -> dict[str, Any]:
     """What eval and predict need to rebuild the model and feed it, stored with the weights."""
     return {
         "model": cfg.model,
-        "model_kwargs": cfg.model_kwargs,
+        "model_kwargs": _model_kwargs(cfg, model),
         "num_classes": train_set.num_classes,
         "in_chans": train_set.in_chans,
         "classes": list(train_set.classes),
@@ -462,13 +667,18 @@ def _model_meta(cfg: TrainConfig, train_set: Any) -> dict[str, Any]:
         "std": list(train_set.std),
         "image_size": train_set.image_size,
         "resize_size": getattr(train_set, "resize_size", train_set.image_size),
+        "interpolation": getattr(train_set, "interpolation", "bilinear"),
         "data": cfg.data,
         "val_size": cfg.val_size,
         "seed": cfg.seed,
+        "init_from": _init_record(model),
     }
 
 
-def _describe(train_set: Any, eval_sets: dict[str, Any]) -> dict[str, Any]:
+def _describe(
+    train_set: Any, eval_sets: dict[str, Any], model: nn.Module, normalization: str
+) -> dict[str, Any]:
+    """The data as the run sees it, for config.json: sizes, classes and the input pipeline."""
     return {
         "train_examples": len(train_set),
         "eval_examples": {split: len(ds) for split, ds in eval_sets.items()},
@@ -477,6 +687,8 @@ def _describe(train_set: Any, eval_sets: dict[str, Any]) -> dict[str, Any]:
         "image_size": train_set.image_size,
         "mean": list(train_set.mean),
         "std": list(train_set.std),
+        "normalization": normalization,  # whose mean/std those are: "weights" or "data"
+        "init_from": _init_record(model),
     }
 
 

@@ -20,7 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import nn
 
-from resnetlab.data import FolderDataset, load_dataset, make_loader, mirror_warning
+from resnetlab.data import FolderDataset, has_split, load_dataset, make_loader, mirror_warning
 from resnetlab.errors import Error
 from resnetlab.train.checkpoint import require_meta
 from resnetlab.train.distributed import Runtime, resolve_device
@@ -142,7 +142,7 @@ def evaluate_checkpoint(
     *,
     data: str | None = None,
     data_dir: str | None = None,
-    split: str = "test",
+    split: str | None = None,
     batch_size: int = 512,
     device: str = "auto",
     amp: str = "none",
@@ -151,7 +151,8 @@ def evaluate_checkpoint(
 ) -> CheckpointEval:
     """Evaluate a run directory, weights file or registry tag on a split; draws the confusion PNG.
 
-    The data set defaults to the one the model was trained on; the PNG goes to
+    The data set defaults to the one the model was trained on, the split to test (val where the
+    data has no test split: a folder of class folders only); the PNG goes to
     RUN_DIR/confusion-SPLIT.png, next to a weights file, or for a tag or URL to
     ./confusion-TAG-SPLIT.png, unless `figure` names a path. A folder is shown to the model the
     way its weights expect: their crop, resize, interpolation and normalisation.
@@ -166,6 +167,8 @@ def evaluate_checkpoint(
             f"{meta['tag'] or path} was trained on {meta.get('dataset') or 'data resnetlab does not know'}, "
             "which resnetlab cannot fetch; give --data (imagefolder:DIR with DIR/val/<class>/ for ImageNet)"
         )
+    if split is None:  # a folder of class folders has no test split, only its held-out val
+        split = "test" if has_split(data, "test", val_size=0) else "val"
     size = (meta.get("image_size") or 0) if data.startswith("imagefolder:") else 0
     val_size = (meta.get("val_size") or 0) if split == "val" else 0
     dataset = load_dataset(

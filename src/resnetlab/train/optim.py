@@ -11,26 +11,42 @@ import math
 import torch
 from torch import nn
 
+from resnetlab.errors import Error
 from resnetlab.train.config import TrainConfig
+from resnetlab.train.freeze import head_parameter_ids
 
 
-def param_groups(model: nn.Module, weight_decay: float, *, decay_norm_and_bias: bool) -> list[dict]:
-    """SGD groups; with `decay_norm_and_bias=False`, 1-d tensors (BN γ/β, biases) get no decay.
+def param_groups(
+    model: nn.Module, weight_decay: float, *, decay_norm_and_bias: bool, head_lr_mult: float = 1.0
+) -> list[dict]:
+    """SGD groups of the parameters that train (requires_grad); frozen ones are left out.
 
-    Decaying BN scales only shrinks them against the next layer's weights, which undo it, so modern
-    recipes skip them (torchvision's "V2" recipe, [Goyal17]-style large-batch training).
+    decay_norm_and_bias=False: 1-d tensors (BN γ/β, biases) get no decay. Decaying BN scales only
+    shrinks them against the next layer's weights, which undo it, so modern recipes skip them
+    (torchvision's "V2" recipe, [Goyal17]-style large-batch training). head_lr_mult != 1: the
+    classifier gets its own groups with "lr_mult", the factor `LRSchedule` applies to their lr.
     """
-    if decay_norm_and_bias:
-        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
-    decay, no_decay = [], []
+    head = head_parameter_ids(model) if head_lr_mult != 1 else set()
+    buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {}  # (in the head, decayed) -> params
     for p in model.parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            buckets.setdefault((id(p) in head, decay_norm_and_bias or p.ndim > 1), []).append(p)
+    groups = []
+    for in_head in (False, True) if head else (False,):
+        extra = {"lr_mult": head_lr_mult} if in_head else {}
+        for decays in (True,) if decay_norm_and_bias else (True, False):
+            params = buckets.get((in_head, decays), [])
+            groups.append({"params": params, "weight_decay": weight_decay if decays else 0.0, **extra})
+    return groups
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.SGD:
-    groups = param_groups(model, cfg.weight_decay, decay_norm_and_bias=cfg.wd_norm_bias)
+    """SGD over what trains: frozen parameters (`resnetlab.train.freeze`) are not in it."""
+    groups = param_groups(
+        model, cfg.weight_decay, decay_norm_and_bias=cfg.wd_norm_bias, head_lr_mult=cfg.head_lr_mult
+    )
+    if not any(group["params"] for group in groups):
+        raise Error("nothing to train: every parameter is frozen; use a lighter --freeze")
     return torch.optim.SGD(groups, lr=cfg.peak_lr(), momentum=cfg.momentum, nesterov=cfg.nesterov)
 
 
@@ -81,10 +97,10 @@ class LRSchedule:
         return self.cfg.peak_lr() * lr_factor(self.cfg, step, self.total_steps)
 
     def set(self, step: int) -> float:
-        """Apply the lr for `step` to the optimizer and return it."""
+        """Apply the lr for `step` to the optimizer (times each group's "lr_mult") and return it."""
         lr = self.lr(step)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_mult", 1.0)
         return lr
 
     def observe_train_error(self, err: float) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from resnetlab.data.folder import centre_box
+from resnetlab.data.folder import UnreadableImage, centre_box, decode
 from resnetlab.errors import Error
 from resnetlab.train.checkpoint import require_meta
 from resnetlab.train.distributed import resolve_device
@@ -34,13 +34,12 @@ def load_image(
     path: str | Path, *, in_chans: int, image_size: int, resize_size: int, interpolation: str = "bilinear"
 ) -> torch.Tensor:
     """(C, S, S) uint8 evaluation view of an image file; an unreadable file is an `Error`."""
+    if not Path(path).is_file():
+        raise Error(f"no image at {path}")
     try:
-        with Image.open(path) as file:
-            image = file.convert("L" if in_chans == 1 else "RGB")
-    except FileNotFoundError:
-        raise Error(f"no image at {path}") from None
-    except Exception as exc:  # Pillow reports bad files as OSError, SyntaxError, ValueError, bomb errors
-        raise Error(f"cannot read image {path}: {type(exc).__name__}: {exc}") from None
+        image = decode(Path(path), "L" if in_chans == 1 else "RGB")  # as the training folder reads it
+    except UnreadableImage as exc:
+        raise Error(f"cannot read image {exc}") from None
     box = centre_box(image.size, image_size, resize_size)
     if interpolation not in _RESAMPLING:
         raise Error(f"unknown interpolation {interpolation!r}; choose from {', '.join(_RESAMPLING)}")

@@ -17,10 +17,14 @@ def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
 
     1 channel: the RGB kernels summed, so a grey image gives what its RGB copy would. C > 3: the
     RGB kernels repeated ceil(C / 3) times, cut to C, scaled by 3 / C to keep the output's scale.
+    From a 1-channel kernel (a net trained on grey images, resnet20.fmnist), C copies scaled by
+    1 / C: an image whose C channels equal a grey one gives what that grey image gave.
     """
     source = weight.shape[1]
     if source == in_chans:
         return weight
+    if source == 1:
+        return (weight.float().repeat(1, in_chans, 1, 1) / in_chans).to(weight.dtype)
     if source != 3:
         raise Error(
             f"cannot adapt a {source}-channel first conv to {in_chans} channels; "
