@@ -23,17 +23,16 @@ from typing import Any
 
 import safetensors.torch
 import torch
-from safetensors import SafetensorError
 from torch import nn
 
 from resnetlab.errors import Error
 from resnetlab.weights import load_pretrained
+from resnetlab.weights.formats import META_KEY, read_safetensors
 
 MODEL_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
 STATE_FILE = "train_state.pt"
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
-_META_KEY = "resnetlab"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -56,7 +55,7 @@ def _write_bytes(path: Path, data: bytes) -> None:
 def weights_bytes(state: dict[str, torch.Tensor], meta: dict[str, Any]) -> bytes:
     """A safetensors file's bytes; tensors go to contiguous CPU memory (channels_last included)."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    return safetensors.torch.save(tensors, metadata={_META_KEY: json.dumps(meta)})
+    return safetensors.torch.save(tensors, metadata={META_KEY: json.dumps(meta)})
 
 
 def save_weights(path: str | Path, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
@@ -76,17 +75,10 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     path = Path(path)
     if not path.is_file():
         raise Error(f"no weights file at {path}; give a run directory or a .safetensors file")
-    try:
-        with safetensors.safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-        state = safetensors.torch.load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise Error(
-            f"{path} is not a readable safetensors file ({exc}); it may be truncated or corrupt"
-        ) from None
-    if _META_KEY not in header:
+    state, meta = read_safetensors(path)
+    if meta is None:
         raise Error(f"{path} has no resnetlab metadata (model name, classes); was it written by resnetlab?")
-    return state, json.loads(header[_META_KEY])
+    return state, meta
 
 
 def save_checkpoint(

@@ -27,11 +27,12 @@ _NESTED = ("state_dict", "model", "state_dict_ema")  # where training checkpoint
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """(state dict on the CPU, resnetlab metadata or None) of a .safetensors or torch.save file."""
     if path.suffix == ".safetensors":
-        return _read_safetensors(path)
+        return read_safetensors(path)
     return _read_torch(path), None
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """(state dict on the CPU, resnetlab metadata or None); a damaged file is an `Error`."""
     try:
         with safetensors.safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
