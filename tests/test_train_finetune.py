@@ -124,6 +124,23 @@ def test_every_kind_of_source_gives_the_same_start(source, tmp_path):
     assert not torch.equal(starts[0]["fc.weight"], original["fc.weight"])
 
 
+def test_a_shipped_registry_tag_starts_a_fine_tuning_run_on_an_rgb_folder(folder, tmp_path, capsys):
+    """--init-from resnet20.fmnist: the 1-channel Fashion-MNIST net starts a 3-class RGB run."""
+    out = tmp_path / "ft-tag"
+    argv = ["--init-from", "resnet20.fmnist", "--data", f"imagefolder:{folder}", "--freeze", "layer1"]
+    assert _train(*argv, "--epochs", "1", "--ema-decay", "0", "--out", str(out)) == 0
+    assert "--freeze layer1: conv1, bn1, maxpool, layer1 frozen" in capsys.readouterr().err
+    config = json.loads((out / "config.json").read_text())
+    assert config["config"]["model"] == "resnet20" and config["dataset"]["init_from"]["tag"] == "resnet20.fmnist"
+    tuned = load_weights(latest_checkpoint(out) / MODEL_FILE)[0]
+    shipped = create_model("resnet20", pretrained="resnet20.fmnist").state_dict()
+    assert tuned["fc.weight"].shape == (3, 64) and tuned["conv1.weight"].shape == (16, 3, 3, 3)
+    # the grey stem is spread over the three colours, 1/3 each, and stayed frozen
+    assert torch.allclose(tuned["conv1.weight"], shipped["conv1.weight"].expand(-1, 3, -1, -1) / 3)
+    assert torch.equal(tuned["layer1.0.bn1.running_mean"], shipped["layer1.0.bn1.running_mean"])
+    assert not torch.equal(tuned["layer3.0.conv1.weight"], shipped["layer3.0.conv1.weight"])
+    assert main(["predict", str(out), str(folder / "flat" / "0.png"), "--top-k", "1"]) == 0
+
 def test_a_fine_tuning_run_resumes_exactly(source, tmp_path, monkeypatch):
     cfg = dataclasses.replace(
         get_recipe("finetune"),
