@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from resnetlab.cli import main
@@ -118,3 +122,16 @@ def test_bad_flag_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
         main(["models", "--bogus"])
     assert info.value.code == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_a_reader_that_closes_the_pipe_gets_no_traceback() -> None:
+    """`resnetlab models | head -1`: the pipe closes before the table is written."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write into the pipe now fails with EPIPE
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "resnetlab", "models"], stdout=write_end, stderr=subprocess.PIPE, text=True
+        )
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141 and proc.stderr == ""

@@ -55,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a reader that closed the pipe shows up here, inside the handlers below
+        return code
     except (Error, ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:
         if os.environ.get("RESNETLAB_DEBUG"):
             raise
@@ -65,3 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("resnetlab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `resnetlab models | head` closed our stdout: stop quietly, and keep Python's exit-time
+        # flush from failing on the same pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a command cut off by a pipe

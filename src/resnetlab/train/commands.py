@@ -213,7 +213,6 @@ def weights_model(source: str) -> str | None:
         return (read_checkpoint(weights)[1] or {}).get("model") if weights.suffix == ".safetensors" else None
     if os.sep in source or source.endswith((".pth", ".pt", ".bin", ".ckpt", ".safetensors")):
         return None  # a file that is not there: loading it says so
-        return None
     return get_weights(source).model
 
 
