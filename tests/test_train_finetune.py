@@ -131,7 +131,8 @@ def test_a_shipped_registry_tag_starts_a_fine_tuning_run_on_an_rgb_folder(folder
     assert _train(*argv, "--epochs", "1", "--ema-decay", "0", "--out", str(out)) == 0
     assert "--freeze layer1: conv1, bn1, maxpool, layer1 frozen" in capsys.readouterr().err
     config = json.loads((out / "config.json").read_text())
-    assert config["config"]["model"] == "resnet20" and config["dataset"]["init_from"]["tag"] == "resnet20.fmnist"
+    assert config["config"]["model"] == "resnet20"
+    assert config["dataset"]["init_from"]["tag"] == "resnet20.fmnist"
     tuned = load_weights(latest_checkpoint(out) / MODEL_FILE)[0]
     shipped = create_model("resnet20", pretrained="resnet20.fmnist").state_dict()
     assert tuned["fc.weight"].shape == (3, 64) and tuned["conv1.weight"].shape == (16, 3, 3, 3)
