@@ -142,6 +142,7 @@ def test_a_shipped_registry_tag_starts_a_fine_tuning_run_on_an_rgb_folder(folder
     assert not torch.equal(tuned["layer3.0.conv1.weight"], shipped["layer3.0.conv1.weight"])
     assert main(["predict", str(out), str(folder / "flat" / "0.png"), "--top-k", "1"]) == 0
 
+
 def test_a_fine_tuning_run_resumes_exactly(source, tmp_path, monkeypatch):
     cfg = dataclasses.replace(
         get_recipe("finetune"),
