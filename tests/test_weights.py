@@ -21,6 +21,7 @@ from resnetlab.weights import (
     list_weights,
     model_tags,
 )
+from weights_fixtures import assert_same_outputs
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "REFERENCE.md"
 TINY = {"depth": 8, "shortcut": "B"}  # torchvision's key layout (conv1, bn1, layerN.i, downsample.0/1, fc)
@@ -37,11 +38,6 @@ def tiny(**kwargs) -> torch.nn.Module:
     return create_model("cifar_resnet", **TINY, **kwargs).eval()
 
 
-def same_outputs(a: torch.nn.Module, b: torch.nn.Module, in_chans: int = 3) -> None:
-    x = torch.randn(2, in_chans, 16, 16)
-    torch.testing.assert_close(a.eval()(x), b.eval()(x), rtol=0, atol=0)
-
-
 # ---------------------------------------------------------------- local files and run directories
 
 
@@ -49,7 +45,7 @@ def test_a_torch_save_file_loads_like_its_state_dict(tmp_path):
     source = tiny(num_classes=7)
     torch.save(source.state_dict(), tmp_path / "mine.pth")
     model = create_model("cifar_resnet", **TINY, pretrained=tmp_path / "mine.pth")
-    same_outputs(model, source)
+    assert_same_outputs(model, source)
     cfg = model.pretrained_cfg
     assert (cfg["model"], cfg["tag"], cfg["source"]) == ("cifar_resnet", None, str(tmp_path / "mine.pth"))
     assert (cfg["num_classes"], cfg["in_chans"]) == (7, 3)  # read from the tensors: fc and conv1
@@ -59,7 +55,9 @@ def test_a_torch_save_file_loads_like_its_state_dict(tmp_path):
 def test_a_safetensors_file_without_metadata_loads(tmp_path):
     source = tiny()
     safetensors.torch.save_file(source.state_dict(), tmp_path / "model.safetensors")
-    same_outputs(create_model("cifar_resnet", **TINY, pretrained=str(tmp_path / "model.safetensors")), source)
+    assert_same_outputs(
+        create_model("cifar_resnet", **TINY, pretrained=str(tmp_path / "model.safetensors")), source
+    )
 
 
 def test_a_run_directory_and_its_weights_file_load_with_the_runs_metadata(tmp_path):
@@ -83,7 +81,7 @@ def test_a_run_directory_and_its_weights_file_load_with_the_runs_metadata(tmp_pa
         tmp_path / "run", 5, model=source.state_dict(), ema=None, meta=meta, train_state={}
     )
     model = create_model("cifar_resnet", pretrained=tmp_path / "run")  # depth and shortcut from the file
-    same_outputs(model, source, in_chans=1)
+    assert_same_outputs(model, source, in_chans=1)
     assert model.pretrained_cfg["source"] == str(ckpt / "model.safetensors")
     assert {k: model.pretrained_cfg[k] for k in meta} == meta
     assert model.pretrained_cfg["step"] == 5 and model.pretrained_cfg["interpolation"] == "bilinear"
@@ -121,7 +119,7 @@ def test_missing_files_and_bad_values_are_one_line_errors(tmp_path):
 def test_a_training_checkpoint_dict_gives_its_state_dict(tmp_path):
     source = tiny()
     torch.save({"epoch": 90, "state_dict": source.state_dict()}, tmp_path / "ckpt.pth")
-    same_outputs(create_model("cifar_resnet", **TINY, pretrained=tmp_path / "ckpt.pth"), source)
+    assert_same_outputs(create_model("cifar_resnet", **TINY, pretrained=tmp_path / "ckpt.pth"), source)
 
 
 # ---------------------------------------------------------------- fitting: strict keys, head, stem

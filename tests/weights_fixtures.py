@@ -112,8 +112,9 @@ def tiny() -> torch.nn.Module:
     return create_model("cifar_resnet", **TINY).eval()
 
 
-def assert_same_outputs(a: torch.nn.Module, b: torch.nn.Module, size: int = 16) -> None:
-    x = torch.randn(2, 3, size, size)
+def assert_same_outputs(a: torch.nn.Module, b: torch.nn.Module, size: int = 16, in_chans: int = 3) -> None:
+    """Bit-equal logits of two models on one random batch (N=2, in_chans, size, size)."""
+    x = torch.randn(2, in_chans, size, size)
     torch.testing.assert_close(a.eval()(x), b.eval()(x), rtol=0, atol=0)
 
 
