@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model_fixtures import meta_model, n_params
 from resnetlab import create_model, list_models
 from resnetlab.models import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck, ResNet
 from resnetlab.models.layers import FrozenBatchNorm2d
@@ -42,25 +43,6 @@ PARAMS = {
 GMACS_224 = {"resnet18": 1.81, "resnet34": 3.66, "resnet50": 4.09, "resnet101": 7.80, "resnet152": 11.51}
 # Sizes the papers quote, in millions: WRN [Zagoruyko16], pre-activation [He16].
 PAPER_MPARAMS = {"wrn28_10": 36.5, "wrn40_4": 8.9, "preact_resnet164": 1.7, "preact_resnet1001": 10.2}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: on a shared 2-core box, intra-op threads cost more than they save."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def meta_model(name: str, **kwargs: object) -> ResNet:
-    """Built on the meta device: shapes and counts without memory or initialisation."""
-    with torch.device("meta"):
-        return create_model(name, **kwargs)
-
-
-def n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def tiny_input(model: ResNet, batch: int = 2) -> torch.Tensor:

@@ -14,15 +14,6 @@ from resnetlab.models import ResNet
 FAST = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: on a shared 2-core box, intra-op threads cost more than they save."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @st.composite
 def cifar_kwargs(draw: st.DrawFn) -> dict:
     bottleneck = draw(st.booleans())

@@ -14,8 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from model_fixtures import meta_model, n_params
 from resnetlab import create_model, list_models
-from resnetlab.models import BasicBlock, Bottleneck, ResNet
+from resnetlab.models import BasicBlock, Bottleneck
 from resnetlab.models.table import load_table
 
 DATA = Path(__file__).parent / "data"
@@ -47,24 +48,6 @@ TWINS = {
     "resnet101d": "plain101d",
     "resnet152d": "plain152d",
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: on a shared 2-core box, intra-op threads cost more than they save."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def meta_model(name: str, **kwargs: object) -> ResNet:
-    with torch.device("meta"):
-        return create_model(name, **kwargs)
-
-
-def n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def layout(model: nn.Module) -> list[str]:
