@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from resnetlab.data import Augment, ImageArrays, load_dataset, make_loader
 from resnetlab.models import create_model
 from resnetlab.train import TrainConfig
-from resnetlab.train.engine import _kernel_settings, train_step
+from resnetlab.train.engine import kernel_settings, train_step
 from resnetlab.train.optim import build_optimizer
 from resnetlab.train.precision import grad_scaler
 
@@ -127,7 +127,7 @@ def measure(
         )
     model.train()
     warmup = warmup_steps(pipeline, workers)
-    with _kernel_settings(cfg.deterministic, device):
+    with kernel_settings(cfg.deterministic, device):
         it = iter(batches)
         for step in range(steps + warmup):
             if step == warmup:

@@ -94,13 +94,13 @@ def test_deterministic_cuda_fit_after_cuda_was_used_without_the_workspace_is_one
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     unset = r"CUBLAS_WORKSPACE_CONFIG=:4096:8 \(it is unset\)"
-    with pytest.raises(Error, match=unset), engine_module._kernel_settings(True, CUDA):
+    with pytest.raises(Error, match=unset), engine_module.kernel_settings(True, CUDA):
         pass
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":0:0")  # the user's own, not a deterministic one
-    with pytest.raises(Error, match="it is ':0:0'"), engine_module._kernel_settings(True, CUDA):
+    with pytest.raises(Error, match="it is ':0:0'"), engine_module.kernel_settings(True, CUDA):
         pass
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
-    with engine_module._kernel_settings(True, CUDA):
+    with engine_module.kernel_settings(True, CUDA):
         assert torch.are_deterministic_algorithms_enabled()
     assert not torch.are_deterministic_algorithms_enabled()
 

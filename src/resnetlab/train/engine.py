@@ -111,7 +111,7 @@ def fit(
     runtime = runtime or setup_runtime(cfg.device)
     try:
         cfg, resume, overwrite = _same_run(cfg, runtime, resume=resume, overwrite=overwrite)
-        with _kernel_settings(cfg.deterministic, runtime.device):
+        with kernel_settings(cfg.deterministic, runtime.device):
             return _fit(cfg, model, resume=resume, overwrite=overwrite, runtime=runtime)
     finally:
         if own_runtime:
@@ -522,7 +522,7 @@ def _restore_rng_state(states: dict[str, torch.Tensor], runtime: Runtime) -> Non
 
 
 @contextlib.contextmanager
-def _kernel_settings(deterministic: bool, device: torch.device) -> Iterator[None]:
+def kernel_settings(deterministic: bool, device: torch.device) -> Iterator[None]:
     """Deterministic kernels for --deterministic, autotuned cuDNN otherwise; restored afterwards."""
     saved = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
     if deterministic:
