@@ -44,12 +44,12 @@ def test_train_writes_a_run_and_reports(trained, capsys):
     assert read_metrics(trained)[-1]["kind"] == "eval"
     # a finished run resumes to the same place and writes nothing new
     code, out, _ = run(capsys, "train", "--resume", str(trained), "--no-progress")
-    assert code == 0 and "final: val error" in out
+    assert code == 0 and "final: val accuracy" in out and "min from process start" in out
     assert latest_checkpoint(trained).name == "checkpoint-00000016"
 
 
 def test_eval_reports_errors_per_class_and_draws_the_confusion_matrix(trained, capsys):
-    code, out, _ = run(capsys, "eval", str(trained), "--split", "val")
+    code, out, _ = run(capsys, "eval", str(trained), "--split", "val", "--tta", "none")
     assert code == 0
     assert "fashion-mnist val (500 images): top-1 error" in out
     for name in load_dataset("fashion-mnist", "test").classes:
@@ -59,8 +59,24 @@ def test_eval_reports_errors_per_class_and_draws_the_confusion_matrix(trained, c
     weights = latest_checkpoint(trained) / MODEL_FILE  # a bare weights file works too
     code, out, _ = run(capsys, "eval", str(weights), "--split", "val", "--figure", str(trained / "c.png"))
     assert code == 0 and (trained / "c.png").is_file()
-    code, out, _ = run(capsys, "eval", str(trained), "--split", "val", "--flip-tta")
+    code, out, _ = run(capsys, "eval", str(trained), "--split", "val", "--tta", "flip")
     assert code == 0 and "fashion-mnist val (500 images, flip TTA): top-1 error" in out
+    assert "without test-time augmentation (one view): top-1 error" in out
+
+
+def test_eval_scores_with_the_runs_own_test_time_augmentation_by_default(tmp_path, capsys):
+    run_dir = tmp_path / "speedrun"
+    flags = [*TINY_FLAGS, "--val-size", "500", "--eval-splits", "val", "--out", str(run_dir)]
+    code, out, _ = run(capsys, "train", "--recipe", "speedrun", *flags)
+    records = read_metrics(run_dir)
+    final, acc, one_view = records[-1], 100 * (1 - records[-1]["err"]), 100 * (1 - records[-1]["single_err"])
+    assert code == 0 and [r["kind"] for r in records].count("eval") == 1 and final["kind"] == "eval"
+    summary = f"val accuracy {acc:.2f}% (flip TTA; one view {one_view:.2f}%)"
+    assert f"final: {summary}" in out and "min from process start" in out
+    code, out, _ = run(capsys, "eval", str(run_dir), "--split", "val")  # speedrun scores flip TTA
+    assert code == 0 and "fashion-mnist val (500 images, flip TTA): top-1 error" in out
+    assert f"top-1 error {100 * final['err']:.2f}%" in out
+    assert f"without test-time augmentation (one view): top-1 error {100 * final['single_err']:.2f}%" in out
 
 
 def test_predict_matches_the_model_on_the_same_pixels(trained, capsys, tmp_path):

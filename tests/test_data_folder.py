@@ -13,7 +13,9 @@ from PIL import Image
 
 from resnetlab.cli import main
 from resnetlab.data import Augment, FolderDataset, UnreadableImage, epoch_order, load_dataset, make_loader
+from resnetlab.data.augment import flip_phase
 from resnetlab.data.folder import centre_box, random_resized_box
+from resnetlab.data.loader import _FolderItems
 from resnetlab.errors import Error
 
 CLASSES = ["cat", "dog", "emu"]
@@ -183,6 +185,20 @@ def test_workers_decode_exactly_what_the_main_process_would(tree: Path) -> None:
     for (x0, y0), (x1, y1) in zip(inline, workers, strict=True):
         assert torch.equal(x0, x1) and torch.equal(y0, y1)
     assert x0.dtype == torch.float32 and x0.shape[1:] == (3, 224, 224)
+
+
+def test_alternating_flips_in_a_folder_mirror_each_image_in_every_other_epoch(tree: Path) -> None:
+    train = load_dataset(f"imagefolder:{tree}", "train", image_size=16)
+    alternate = _FolderItems(train, train=True, augment=Augment(flip=True, alternate_flip=True), seed=4)
+    unflipped = _FolderItems(train, train=True, augment=Augment(), seed=4)  # the same crops, unmirrored
+    readable = [i for i in range(len(train)) if train.paths[i].rsplit(b"/", 1)[-1] not in BROKEN]
+    for i in readable:
+        sides = []
+        for epoch in (0, 1, 2):
+            image, plain = alternate[(i, epoch)][0], unflipped[(i, epoch)][0]
+            assert torch.equal(image, plain) or torch.equal(image, plain.flip(-1))
+            sides.append(not torch.equal(image, plain))
+        assert sides == [bool(flip_phase(len(train), 4)[i]), not sides[0], sides[0]], i
 
 
 @settings(max_examples=100, deadline=None)

@@ -237,7 +237,7 @@ def test_flips_on_digits_are_warned_about_in_training_and_in_flip_tta(isolated: 
     assert capsys.readouterr().err.count(warning) == 1
     assert main([*train, "--no-flip", "--out", str(isolated / "no-flip")]) == 0
     assert warning not in capsys.readouterr().err
-    assert main(["eval", str(isolated / "no-flip"), *data, "--flip-tta"]) == 0
+    assert main(["eval", str(isolated / "no-flip"), *data, "--tta", "flip"]) == 0
     assert capsys.readouterr().err.count(warning) == 1
 
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from resnetlab.data import Augment, ImageArrays, epoch_order, make_loader, split_indices
-from resnetlab.data.augment import crop_flip, mix, random_erasing
+from resnetlab.data.augment import alternating_mirror, crop_flip, flip_phase, mix, random_erasing
 from resnetlab.errors import Error
 
 
@@ -176,6 +176,49 @@ def test_flip_is_an_exact_mirror_of_some_images() -> None:
     mirrored = torch.tensor([torch.equal(o, i.flip(-1)) for o, i in zip(out, x, strict=True)])
     kept = torch.tensor([torch.equal(o, i) for o, i in zip(out, x, strict=True)])
     assert bool((mirrored | kept).all()) and 16 < int(mirrored.sum()) < 48
+
+
+def test_alternating_mirror_switches_each_images_side_every_epoch() -> None:
+    phase = torch.tensor([True, False, True, False])
+    index = torch.tensor([2, 0, 1])
+    assert alternating_mirror(phase, index, 0).flatten().tolist() == [True, True, False]
+    assert alternating_mirror(phase, index, 1).flatten().tolist() == [False, False, True]
+    assert alternating_mirror(phase, index, 6).flatten().tolist() == [True, True, False]
+    assert alternating_mirror(phase, index, 0).shape == (3, 1)
+
+
+def test_flip_phase_is_drawn_by_the_seed() -> None:
+    assert torch.equal(flip_phase(100, 3), flip_phase(100, 3))
+    assert not torch.equal(flip_phase(100, 3), flip_phase(100, 4))
+    assert flip_phase(100, 3).dtype == torch.bool and 30 < int(flip_phase(100, 3).sum()) < 70
+
+
+def test_crop_flip_mirrors_exactly_the_images_it_is_told_to() -> None:
+    x = torch.arange(2 * 1 * 2 * 3).view(2, 1, 2, 3)
+    out = crop_flip(x, 0, True, torch.Generator().manual_seed(0), torch.tensor([[True], [False]]))
+    assert out[0, 0].tolist() == [[2, 1, 0], [5, 4, 3]] and out[1, 0].tolist() == [[6, 7, 8], [9, 10, 11]]
+
+
+def test_alternating_flips_show_each_image_both_ways_in_two_epochs() -> None:
+    data = toy(40, channels=1, size=6)
+    aug = Augment(flip=True, alternate_flip=True)
+
+    def views(seed: int, e: int) -> dict[int, torch.Tensor]:
+        loader = make_loader(data, batch_size=8, train=True, device="cpu", augment=aug, seed=seed, epoch=e)
+        return {int(label): image for x, y in loader for image, label in zip(x, y, strict=True)}
+
+    (x, y), *_ = make_loader(data, batch_size=40, train=False, device="cpu")  # the unaugmented views
+    plain = dict(zip(y.tolist(), x, strict=True))
+    first, second, third = views(0, 0), views(0, 1), views(0, 2)
+    for i in first:
+        mirrored = [torch.equal(v[i], plain[i].flip(-1)) for v in (first, second, third)]
+        assert [torch.equal(v[i], plain[i]) for v in (first, second, third)] == [not m for m in mirrored]
+        assert mirrored[0] != mirrored[1] and mirrored[0] == mirrored[2], i
+    assert 10 < sum(torch.equal(first[i], plain[i].flip(-1)) for i in first) < 30
+    other_seed = views(1, 0)
+    assert any(not torch.equal(first[i], other_seed[i]) for i in first if i in other_seed)
+    with pytest.raises(Error, match="alternate_flip decides how images are flipped"):
+        Augment(alternate_flip=True)
 
 
 def test_random_erasing_replaces_one_rectangle() -> None:

@@ -38,13 +38,16 @@ def test_paper_recipes_match_he15():
     fast = get_recipe("fast")
     assert fast.nesterov and fast.label_smoothing > 0 and fast.ema_decay > 0 and not fast.wd_norm_bias
     assert (fast.amp, fast.schedule) == ("bf16", "onecycle")
+    speedrun = get_recipe("speedrun")
+    assert speedrun.tta == "flip" and speedrun.final_eval_only
+    assert speedrun.val_size == 0 and speedrun.epochs < fast.epochs
 
 
 def test_get_recipe_returns_a_copy_and_names_the_choices():
     a = get_recipe("fast")
     a.model_kwargs["norm"] = "gn"
     assert RECIPES["fast"].model_kwargs == {}
-    with pytest.raises(Error, match="unknown recipe 'fastest'; choose one of fast, fast-long"):
+    with pytest.raises(Error, match="unknown recipe 'fastest'; choose one of fast, fast-long, finetune"):
         get_recipe("fastest")
 
 
@@ -59,11 +62,32 @@ def test_get_recipe_returns_a_copy_and_names_the_choices():
         ({"ema_decay": 1.0}, "--ema-decay"),
         ({"batch_size": 0}, "batch sizes must be positive"),
         ({"amp": "fp8"}, "--amp must be one of"),
+        ({"flip": False, "alternate_flip": True}, "--alternate-flip decides how --flip flips; add --flip"),
+        ({"tta": "crop"}, "--tta must be one of none, flip, flip-shift"),
+        ({"final_eval_only": True, "eval_every": 10}, "--final-eval-only and --eval-every contradict"),
+        ({"progressive_sizes": (20, 0)}, "--progressive-sizes takes image sides in pixels > 0"),
     ],
 )
 def test_contradictions_are_one_line_errors(changes, message):
     with pytest.raises(Error, match=message):
         dataclasses.replace(TrainConfig(), **changes).check()
+
+
+def test_progressive_sizes_split_the_run_into_equal_consecutive_parts():
+    cfg = TrainConfig(progressive_sizes=(20, 24, 28))
+    assert [cfg.train_size(step, 10) for step in range(10)] == [20] * 4 + [24] * 3 + [28] * 3
+    assert TrainConfig().train_size(5, 10) is None
+
+
+@settings(max_examples=100, deadline=None)
+@given(sizes=st.lists(st.integers(8, 64), min_size=1, max_size=5, unique=True), total=st.integers(1, 3000))
+def test_every_step_gets_a_size_and_the_parts_differ_by_at_most_one_step(sizes: list[int], total: int):
+    cfg = TrainConfig(progressive_sizes=tuple(sizes))
+    parts = [cfg.progressive_sizes.index(cfg.train_size(step, total)) for step in range(total)]
+    assert parts == sorted(parts)  # in order, never back
+    if total >= len(sizes):
+        lengths = [parts.count(k) for k in range(len(sizes))]
+        assert max(lengths) - min(lengths) <= 1 and sum(lengths) == total
 
 
 def test_linear_scaling_rule_is_explicit():

@@ -167,7 +167,7 @@ def test_only_rank_0_writes_files_and_prints(resumed):
     steps = [(r["kind"], r["step"]) for r in read_metrics(resumed / "run")]
     assert len(steps) == len(set(steps))  # one writer: no record twice
     stdout0, _ = _rank_logs(resumed / "logs", 0, 0)
-    assert stdout0.count("final: val error") == 1 and "run directory: run" in stdout0
+    assert stdout0.count("final: val accuracy") == 1 and "run directory: run" in stdout0
     assert _rank_logs(resumed / "logs", 0, 1) == ("", "")  # rank 1 said nothing
 
 

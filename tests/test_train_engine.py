@@ -53,6 +53,24 @@ def test_short_run_on_fashion_mnist_beats_chance_by_far(tmp_path):
     assert [r["step"] for r in train[:3]] == [4, 8, 12]
 
 
+def test_progressive_resizing_trains_each_part_at_its_size_and_evaluates_at_the_datas():
+    seen = []  # (training?, image side) of every forward pass
+    model = create_model("cifar_resnet", depth=8, num_classes=10, in_chans=1)
+    model.conv1.register_forward_pre_hook(lambda conv, args: seen.append((conv.training, args[0].shape[-1])))
+    cfg = dataclasses.replace(TINY, epochs=1, train_subset=256, ema_decay=0.0, progressive_sizes=(20, 24))
+    fit(dataclasses.replace(cfg, final_eval_only=True, tta="none"), model=model)
+    assert seen == [(True, 20), (True, 20), (True, 24), (True, 24), (False, 28)]  # 4 steps, then val
+
+
+def test_final_eval_only_evaluates_once_after_the_last_step():
+    cfg = dataclasses.replace(TINY, epochs=2, train_subset=256, final_eval_only=True, tta="flip")
+    evals = [r for r in fit(cfg).history if r["kind"] == "eval"]
+    assert [(r["split"], r["step"]) for r in evals] == [("val", 8)]
+    assert 0 <= evals[0]["single_err"] <= 1  # with test-time augmentation, the plain view beside
+    per_epoch = fit(dataclasses.replace(cfg, final_eval_only=False)).history
+    assert [r["step"] for r in per_epoch if r["kind"] == "eval"] == [4, 8]
+
+
 def test_without_out_nothing_is_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = fit(dataclasses.replace(TINY, epochs=1, train_subset=256))
@@ -66,7 +84,15 @@ class _Crash(Exception):
 
 def test_stop_and_resume_gives_the_same_weights_as_one_run(tmp_path, monkeypatch):
     """Deterministic mode: crash at step 11 (checkpoint at 8), resume, finish at 16 == uninterrupted."""
-    cfg = dataclasses.replace(TINY, deterministic=True, train_subset=512, checkpoint_every=4, erasing=0.25)
+    cfg = dataclasses.replace(
+        TINY,
+        deterministic=True,
+        train_subset=512,
+        checkpoint_every=4,
+        erasing=0.25,
+        alternate_flip=True,  # each image's side depends on the epoch: resumed mid-epoch 2
+        progressive_sizes=(20, 24, 28),  # steps 0-5 at 20 px, 6-10 at 24, 11-15 at 28
+    )
     whole = fit(dataclasses.replace(cfg, out=str(tmp_path / "whole")))
 
     real_step, calls = engine_module.train_step, []

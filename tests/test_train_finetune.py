@@ -71,7 +71,7 @@ def test_fine_tuning_a_run_on_a_folder_trains_evaluates_predicts_and_keeps_froze
     flags = ["--init-from", str(source), "--data", f"imagefolder:{folder}", "--freeze", "layer1"]
     assert _train(*flags, "--head-lr-mult", "10", "--epochs", "3", "--ema-decay", "0", "--out", str(out)) == 0
     captured = capsys.readouterr()
-    assert "final: val error" in captured.out
+    assert "final: val accuracy" in captured.out
     assert "--freeze layer1: conv1, bn1, maxpool, layer1 frozen" in captured.err
     config = json.loads((out / "config.json").read_text())
     # No --model or --recipe given: the weights' model, and the finetune recipe.

@@ -74,7 +74,7 @@ def test_a_folder_trains_at_the_chosen_size_and_evaluates_and_predicts_at_it(fol
     ]
     assert main(["train", "--data", f"imagefolder:{folder}", *flags, "--out", str(run_dir)]) == 0
     out, err = capsys.readouterr()
-    assert "final: test error" in out
+    assert "final: test accuracy" in out
     assert "unreadable image(s) in epoch 0, replaced by other training images" in err  # not fatal
 
     model, meta = load_model(run_dir)
@@ -126,7 +126,7 @@ def test_forty_images_in_two_class_folders_train_evaluate_and_predict_with_defau
     fast = ["--epochs", "1", "--image-size", "32", "--no-progress"]
     assert main(["train", "--data", f"imagefolder:{small_flat}", *fast, "--out", str(run_dir)]) == 0
     out, err = capsys.readouterr()
-    assert "final: val error" in out  # the capped hold-out was evaluated; there is no test split
+    assert "final: val accuracy" in out  # the capped hold-out was evaluated; there is no test split
     assert "holding out 8 of the 40 training images as the val split" in err
     assert "each step takes 32" in err and "no test split to evaluate" in err
     assert main(["eval", str(run_dir)]) == 0  # no test split: eval takes the held-out val

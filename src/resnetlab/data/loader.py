@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from resnetlab.data.arrays import ImageArrays
-from resnetlab.data.augment import Augment, crop_flip, mix, random_erasing
+from resnetlab.data.augment import Augment, alternating_mirror, crop_flip, flip_phase, mix, random_erasing
 from resnetlab.data.folder import FolderDataset, UnreadableImage
 from resnetlab.errors import Error
 
@@ -71,12 +71,19 @@ class _Pipeline:
         self.channels_last = channels_last
         self.generator = torch.Generator(device=device)
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator | None) -> Batch:
+    def __call__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        rng: np.random.Generator | None,
+        mirrored: torch.Tensor | None = None,
+    ) -> Batch:
+        """mirrored: (B, 1) bool under alternating flips, else None (a coin per image)."""
         aug = self.augment
         if rng is not None:
             self.generator.manual_seed(int(rng.integers(2**63)))
             if aug.crop_padding or aug.flip:
-                x = crop_flip(x, aug.crop_padding, aug.flip, self.generator)
+                x = crop_flip(x, aug.crop_padding, aug.flip, self.generator, mirrored)
         # (x / 255 - mean) / std; in place after the cast: 3-4x faster on the CPU than one
         # broadcasting addcmul, which PyTorch does not vectorise there.
         x = x.to(torch.float32).mul_(self.scale).add_(self.shift)
@@ -119,6 +126,8 @@ class DeviceLoader:
         self.images = dataset.images.to(device)  # (N, C, H, W) uint8, resident for the whole run
         self.labels = dataset.labels.to(device)
         self._pipeline = _Pipeline(dataset, augment, device, channels_last)
+        alternate = train and augment.alternate_flip
+        self._phase = flip_phase(len(dataset), seed).to(device) if alternate else None
 
     @property
     def num_samples(self) -> int:
@@ -144,7 +153,9 @@ class DeviceLoader:
         for b in range(self.first_batch, len(self)):
             index = order[b * self.batch_size : (b + 1) * self.batch_size]
             rng = _batch_rng(self.seed, self.epoch, b) if self.train else None
-            yield self._pipeline(self.images.index_select(0, index), self.labels.index_select(0, index), rng)
+            mirrored = None if self._phase is None else alternating_mirror(self._phase, index, self.epoch)
+            x, y = self.images.index_select(0, index), self.labels.index_select(0, index)
+            yield self._pipeline(x, y, rng, mirrored)
 
 
 class _EpochBatches:
@@ -188,8 +199,10 @@ class _FolderItems(Dataset):
     same steps with the same batch shape. Evaluation drops it: a copy would count twice.
     """
 
-    def __init__(self, dataset: FolderDataset, *, train: bool, flip: bool, seed: int):
-        self.dataset, self.train, self.flip, self.seed = dataset, train, flip, seed
+    def __init__(self, dataset: FolderDataset, *, train: bool, augment: Augment, seed: int):
+        self.dataset, self.train, self.seed = dataset, train, seed
+        self.flip = augment.flip and not augment.alternate_flip  # a coin per image and epoch
+        self.phase = flip_phase(len(dataset), seed) if train and augment.alternate_flip else None
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -206,6 +219,8 @@ class _FolderItems(Dataset):
             except UnreadableImage as exc:
                 failures.append(str(exc))
                 continue
+            if self.phase is not None and alternating_mirror(self.phase, torch.tensor([source]), epoch):
+                image = image.flip(-1)  # (3, S, S): mirror W
             return image, int(self.dataset.labels[source]), failures
         return None, -1, failures
 
@@ -263,7 +278,7 @@ class FolderLoader:
         )
         self.sampler.epoch = epoch
         self.loader = DataLoader(
-            _FolderItems(dataset, train=train, flip=augment.flip, seed=seed),
+            _FolderItems(dataset, train=train, augment=augment, seed=seed),
             batch_sampler=self.sampler,
             num_workers=num_workers,
             collate_fn=functools.partial(_collate, image_size=dataset.image_size),
@@ -274,7 +289,8 @@ class FolderLoader:
             generator=torch.Generator().manual_seed(seed),
         )
         # Crop and flip happen in the workers; erasing and mixing run on the device batch.
-        self._pipeline = _Pipeline(dataset, dataclasses.replace(augment, flip=False), device, channels_last)
+        no_flip = dataclasses.replace(augment, flip=False, alternate_flip=False)
+        self._pipeline = _Pipeline(dataset, no_flip, device, channels_last)
         self.unreadable = 0  # unreadable images met in the current or last epoch
 
     @property

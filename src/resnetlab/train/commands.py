@@ -24,6 +24,7 @@ from resnetlab.train.engine import fit
 from resnetlab.train.evaluate import evaluate_checkpoint, format_report
 from resnetlab.train.predict import predict
 from resnetlab.train.rundir import read_config
+from resnetlab.train.tta import TTA_MODES
 from resnetlab.weights.formats import read_checkpoint
 from resnetlab.weights.registry import find_by_path, find_by_url, get_weights
 
@@ -87,9 +88,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--amp", choices=("none", "bf16", "fp16"), default="none", help="autocast (default: none)"
     )
     ev.add_argument(
-        "--flip-tta",
-        action="store_true",
-        help="score each image by the mean logits of it and its mirror (for nets trained with flips)",
+        "--tta",
+        choices=TTA_MODES,
+        help="test-time augmentation: none, flip (the image and its mirror), flip-shift (also both "
+        "shifted 1 px) (default: what the run evaluated with, none for other weights)",
     )
     ev.add_argument(
         "--figure",
@@ -230,13 +232,39 @@ def run_train(args: argparse.Namespace) -> int:
     if not runtime.is_main:  # under torchrun, rank 0 speaks for the group
         return 0
     final = {r["split"]: r for r in result.history if r["kind"] == "eval"}
-    summary = ", ".join(f"{split} error {100 * r['err']:.2f}%" for split, r in final.items())
-    if summary:
-        print(f"final: {summary}")
+    if final:
+        print(f"final: {final_summary(final, result.config.tta)}")
+    print(f"time: {process_seconds() / 60:.2f} min from process start")
     if result.run_dir is not None:
         print(f"run directory: {result.run_dir}")
         print(f"next: resnetlab eval {result.run_dir}   resnetlab predict {result.run_dir} IMAGE...")
     return 0
+
+
+def final_summary(final: dict[str, dict], tta: str) -> str:
+    """'val accuracy 93.10%, test accuracy 93.02% (flip-shift TTA; one view 92.85%)' from the last
+    eval record of each split."""
+    parts = []
+    for split, record in final.items():
+        part = f"{split} accuracy {100 * (1 - record['err']):.2f}%"
+        if "single_err" in record:
+            part += f" ({tta} TTA; one view {100 * (1 - record['single_err']):.2f}%)"
+        parts.append(part)
+    return ", ".join(parts)
+
+
+def process_seconds() -> float:
+    """Wall seconds since this process started, imports included (Linux's /proc; elsewhere,
+    since this module was imported)."""
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        started = int(stat.rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")  # field 22
+        return float(Path("/proc/uptime").read_text().split()[0]) - started
+    except (OSError, ValueError, IndexError):
+        return time.monotonic() - _IMPORTED
+
+
+_IMPORTED = time.monotonic()
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -250,7 +278,7 @@ def run_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         amp=args.amp,
-        flip_tta=args.flip_tta,
+        tta=args.tta,
         figure=args.figure,
     )
     print(format_report(report))

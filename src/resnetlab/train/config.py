@@ -15,6 +15,10 @@ Recipes:
   fast-long       `fast` for 60 epochs with random erasing, aimed at >= 95% on Fashion-MNIST
                   (resnet56: 95.20% test trained on all 60k; 94.95% test, 95.24% val on 55k;
                   40 epochs gave 94.57%; docs/training.md).
+  speedrun        `fast` for 5 epochs on all 60k with flip test-time augmentation and one final
+                  evaluation, aimed at >= 93% test in <= 5 min on 2 CPU cores (3 seeds: 93.05 +-
+                  0.05% in 4.89-5.37 min; docs/training.md).
+  speedrun-94     the same for 14 epochs, aimed at >= 94% in <= 15 min.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from resnetlab.errors import Error
+from resnetlab.train.tta import TTA_MODES
 
 AMP_MODES = ("none", "bf16", "fp16")
 # Fields that do not change what a run computes, so they may differ when it is resumed.
@@ -81,6 +86,16 @@ class TrainConfig:
         0, "in-memory sets: pixels of zero padding before a random crop back to size (0: no crop)"
     )
     flip: bool = _opt(False, "random horizontal flips")
+    alternate_flip: bool = _opt(
+        False,
+        "with --flip: mirror each image in every other epoch (its first side drawn by --seed) "
+        "instead of by a fresh coin, so two epochs show both views [airbench]",
+    )
+    progressive_sizes: tuple[int, ...] = _opt(
+        (),
+        "progressive resizing: train equal consecutive parts of the run at these image sides, pixels, "
+        "e.g. 20,24,28 (evaluation keeps the data's size; empty: off)",
+    )
     erasing: float = _opt(0.0, "random-erasing probability per image")
     mixup: float = _opt(0.0, "mixup Beta(a, a) alpha (0: off)")
     cutmix: float = _opt(0.0, "CutMix Beta(a, a) alpha (0: off)")
@@ -136,6 +151,16 @@ class TrainConfig:
         ("val", "test"), "splits evaluated at each eval (val, test); those the data lacks are skipped"
     )
     eval_batch_size: int = _opt(512, "examples per evaluation batch, GLOBAL across ranks")
+    final_eval_only: bool = _opt(
+        False, "evaluate once, after the last step, instead of at every --eval-every / epoch end"
+    )
+    tta: str = _opt(
+        "none",
+        "test-time augmentation of every evaluation (and later of `resnetlab eval`): none, flip "
+        "(mean logits of the image and its mirror), flip-shift (also both shifted 1 px); the plain "
+        "view's error is recorded beside",
+        choices=TTA_MODES,
+    )
     checkpoint_every: int = _opt(0, "optimizer steps between checkpoints (0: at the end of each epoch)")
     out: str | None = _opt(None, "run directory to write (none: write nothing)")
     progress: bool = _opt(True, "progress bars (shown only on a terminal, only on rank 0)")
@@ -190,6 +215,18 @@ class TrainConfig:
         _require(0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)")
         _require(0 <= self.erasing <= 1, "--erasing is a probability in [0, 1]")
         _require(
+            self.flip or not self.alternate_flip, "--alternate-flip decides how --flip flips; add --flip"
+        )
+        _require(
+            all(size > 0 for size in self.progressive_sizes),
+            "--progressive-sizes takes image sides in pixels > 0, e.g. 20,24,28",
+        )
+        _require(self.tta in TTA_MODES, f"--tta must be one of {', '.join(TTA_MODES)}")
+        _require(
+            not (self.final_eval_only and self.eval_every),
+            "--final-eval-only and --eval-every contradict each other; drop one of them",
+        )
+        _require(
             self.mixup >= 0 and self.cutmix >= 0 and self.grad_clip >= 0, "alphas and --grad-clip are >= 0"
         )
         _require(self.log_every > 0, "--log-every must be positive")
@@ -212,6 +249,13 @@ class TrainConfig:
 
     def total_steps(self, train_examples: int) -> int:
         return self.max_steps or self.epochs * self.steps_per_epoch(train_examples)
+
+    def train_size(self, step: int, total_steps: int) -> int | None:
+        """The image side of step `step` under --progressive-sizes (None: the data's own)."""
+        if not self.progressive_sizes:
+            return None
+        part = min(step * len(self.progressive_sizes) // total_steps, len(self.progressive_sizes) - 1)
+        return self.progressive_sizes[part]
 
     def peak_lr(self) -> float:
         return self.lr * self.batch_size / self.lr_batch if self.scale_lr else self.lr
@@ -297,6 +341,23 @@ RECIPES["finetune"] = TrainConfig(
 # resnet56: 40 epochs 95.02% val / 94.57% test, val still rising at the end; 60 epochs 95.24% / 94.95%;
 # 60 epochs on all 60k (--val-size 0) 95.20% test.
 RECIPES["fast-long"] = dataclasses.replace(RECIPES["fast"], epochs=60, erasing=0.5)
+# The time race (issue 14): the most accuracy 2 CPU cores give in 5 minutes, process start to the
+# final evaluation. `fast` for fewer epochs, with what paid on the 5k val split (seeds 0 / 1, 5
+# epochs; the ablation table is in docs/training.md). Tried and left out, as they did not pay:
+# alternating flips (one view 92.62 / 93.44% against 93.00 / 93.52%), flip-shift TTA (92.86% on
+# seed 0 against flip's 93.08%, at 3x the evaluation time), progressive resizing 20-24-28 px over 6
+# epochs (93.60% one view on seed 1, the 5-epoch 28 px run's time), zero-init residuals (-0.1 to
+# -0.7), and without EMA or label smoothing the val accuracy stayed within 0.05 points.
+RECIPES["speedrun"] = dataclasses.replace(
+    RECIPES["fast"],
+    epochs=5,  # 5 x 60k images took 4.89-5.37 min with start-up and evaluation (~1,050 img/s)
+    tta="flip",  # the image and its mirror: 93.08 / 93.60% val against 93.00 / 93.52% one view
+    val_size=0,  # chosen on the 5k val split, then trained on all 60k, as [He15] did for CIFAR
+    final_eval_only=True,  # no time on per-epoch curves: the test split is evaluated once, at the end
+)
+# The second point of the curve, >= 94% in 15 minutes: the same for 14 epochs, what fits 15 minutes
+# when this CPU runs at ~1,000 img/s (15 epochs: 94.18% val with flip TTA, 93.94% one view, seed 0).
+RECIPES["speedrun-94"] = dataclasses.replace(RECIPES["speedrun"], epochs=14)
 
 
 def list_recipes() -> list[str]:

@@ -46,6 +46,7 @@ from resnetlab.data import (
     per_class_subset,
     select_classes,
 )
+from resnetlab.data.augment import resize
 from resnetlab.data.folder import MAX_VAL_FRACTION
 from resnetlab.errors import Error
 from resnetlab.models import create_model
@@ -129,6 +130,8 @@ def _fit(
     cfg = _batch_that_fits(cfg, len(train_set), runtime)
     if cfg.flip and runtime.is_main and (warning := mirror_warning(cfg.data, "--flip")):
         print(f"{warning}; --no-flip turns it off", file=sys.stderr)
+    if cfg.tta != "none" and runtime.is_main and (warning := mirror_warning(cfg.data, f"--tta {cfg.tta}")):
+        print(f"{warning}; --tta none turns it off", file=sys.stderr)
     state = _build_state(cfg, model, train_set, splits, runtime, resume=resume, overwrite=overwrite)
     rng, history = _restore(state, runtime) if resume else (None, [])
     state.recorder = Recorder(state.run_dir if runtime.is_main else None, history)
@@ -216,7 +219,14 @@ def _build_state(
     if frozen and runtime.is_main:
         print(f"resnetlab: --freeze {cfg.freeze}: {', '.join(frozen)} frozen", file=sys.stderr)
 
-    augment = Augment(cfg.crop_padding, cfg.flip, cfg.erasing, cfg.mixup, cfg.cutmix)
+    augment = Augment(
+        crop_padding=cfg.crop_padding,
+        flip=cfg.flip,
+        alternate_flip=cfg.alternate_flip,
+        erasing=cfg.erasing,
+        mixup=cfg.mixup,
+        cutmix=cfg.cutmix,
+    )
     shared = dict(device=device, rank=runtime.rank, world_size=world, num_workers=cfg.workers)
     loader = make_loader(
         train_set,
@@ -334,6 +344,8 @@ def _run(state: _State, runtime: Runtime) -> None:
         skip = 0
         state.bar.set_description(f"epoch {epoch + 1}/{math.ceil(total / per_epoch)}", refresh=False)
         for x, y in state.loader:
+            if (size := cfg.train_size(state.step, total)) is not None:
+                x = resize(x, size)  # progressive resizing: smaller images early, cheaper steps
             lr = state.schedule.set(state.step)
             loss, errors = train_step(
                 state.train_model, state.model, state.optimizer, state.scaler, x, y, cfg, runtime.device
@@ -349,13 +361,20 @@ def _run(state: _State, runtime: Runtime) -> None:
             if state.step % cfg.log_every == 0 or epoch_end or last:
                 _log_train(state, window, lr, runtime)
             paused = time.perf_counter()
-            if (state.step % cfg.eval_every == 0 if cfg.eval_every else epoch_end) or last:
+            if _eval_due(cfg, state.step, epoch_end) or last:
                 _log_eval(state, runtime)
             if (state.step % cfg.checkpoint_every == 0 if cfg.checkpoint_every else epoch_end) or last:
                 state.last_checkpoint = _write_checkpoint(state, window, runtime)
             window.started += time.perf_counter() - paused  # img/s counts training time only
             if last:
                 return
+
+
+def _eval_due(cfg: TrainConfig, step: int, epoch_end: bool) -> bool:
+    """Whether the evaluation of a step before the last is due (the last one always is)."""
+    if cfg.final_eval_only:
+        return False
+    return step % cfg.eval_every == 0 if cfg.eval_every else epoch_end
 
 
 def _log_train(state: _State, window: _Window, lr: float, runtime: Runtime) -> None:
@@ -379,13 +398,19 @@ def _log_eval(state: _State, runtime: Runtime) -> None:
         runtime.broadcast_buffers(state.ema.module)
     for split, split_loader in state.eval_loaders.items():
         result = evaluate(
-            state.eval_model, split_loader, num_classes=state.num_classes, runtime=runtime, amp=state.cfg.amp
+            state.eval_model,
+            split_loader,
+            num_classes=state.num_classes,
+            runtime=runtime,
+            amp=state.cfg.amp,
+            tta=state.cfg.tta,
         )
         record = {"kind": "eval", "split": split, "step": state.step, "epoch": state.epoch}
         state.recorder.log({**record, **result.record()})
         if state.talk:
+            views = "" if result.single_err is None else f" ({100 * result.single_err:.2f}% one view)"
             state.bar.write(
-                f"epoch {state.epoch:g} step {state.step} {split}: error {100 * result.err:.2f}%, "
+                f"epoch {state.epoch:g} step {state.step} {split}: error {100 * result.err:.2f}%{views}, "
                 f"top-5 error {100 * result.top5_err:.2f}%, loss {result.loss:.4f}"
             )
     state.recorder.plot()
@@ -671,6 +696,7 @@ def _model_meta(cfg: TrainConfig, train_set: Any, model: nn.Module) -> dict[str,
         "data": cfg.data,
         "val_size": cfg.val_size,
         "seed": cfg.seed,
+        "tta": cfg.tta,  # what `resnetlab eval` scores with by default
         "init_from": _init_record(model),
     }
 

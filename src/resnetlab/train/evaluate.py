@@ -25,6 +25,7 @@ from resnetlab.errors import Error
 from resnetlab.train.checkpoint import require_meta
 from resnetlab.train.distributed import Runtime, resolve_device
 from resnetlab.train.precision import autocast
+from resnetlab.train.tta import check_tta, tta_logits
 
 
 @dataclass
@@ -33,6 +34,7 @@ class EvalResult:
     err: float  # top-1 error, fraction in [0, 1]
     top5_err: float  # fraction of examples whose label is not among the 5 highest logits
     confusion: torch.Tensor  # (K, K) int64 counts: row = true class, column = predicted class
+    single_err: float | None = None  # with test-time augmentation: the top-1 error of the plain view
 
     @property
     def count(self) -> int:
@@ -45,7 +47,8 @@ class EvalResult:
         return [h / t if t else math.nan for h, t in zip(hits.tolist(), totals.tolist(), strict=True)]
 
     def record(self) -> dict[str, float]:
-        return {"loss": self.loss, "err": self.err, "top5_err": self.top5_err}
+        single = {} if self.single_err is None else {"single_err": self.single_err}
+        return {"loss": self.loss, "err": self.err, "top5_err": self.top5_err, **single}
 
 
 @torch.no_grad()
@@ -56,15 +59,16 @@ def evaluate(
     num_classes: int,
     runtime: Runtime | None = None,
     amp: str = "none",
-    flip_tta: bool = False,
+    tta: str = "none",
 ) -> EvalResult:
     """Evaluate on every example of `loader` once; under torchrun each rank sees its shard and the
     counts are summed over ranks, so the result equals a single-process evaluation when every rank
     holds the same model (`fit` gives them all rank 0's BN statistics first).
 
-    `flip_tta` scores each image by the mean logits of it and its horizontal mirror (test-time
-    augmentation, as airbench does); it only makes sense for a net trained with flips.
+    `tta` scores each image by the averaged logits of several views (`resnetlab.train.tta`: flip,
+    flip-shift); the result then also holds the plain view's error (`single_err`).
     """
+    check_tta(tta)
     # An exported file's runner (resnetlab.export) has no parameters and runs on the CPU.
     device = next(model.parameters(), torch.empty(0)).device
     was_training = model.training
@@ -72,12 +76,12 @@ def evaluate(
     k = num_classes
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     top5_hits = torch.zeros((), dtype=torch.float64, device=device)
+    single_hits = torch.zeros((), dtype=torch.float64, device=device)  # plain-view top-1 hits
     pairs = []  # true * K + predicted, one int64 per example; counted on the CPU at the end
     for x, y in loader:
         with autocast(device, amp):
-            logits = model(x).float()
-            if flip_tta:
-                logits = (logits + model(x.flip(-1)).float()) / 2  # x.flip(-1) mirrors W in any layout
+            logits, single = tta_logits(model, x, tta)
+        single_hits += (single.argmax(1) == y).sum()
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         pairs.append(y * k + logits.argmax(1))
         top5 = logits.topk(min(5, k), dim=1).indices
@@ -87,16 +91,17 @@ def evaluate(
     codes = torch.cat(pairs).cpu() if pairs else torch.zeros(0, dtype=torch.long)
     confusion = torch.bincount(codes, minlength=k * k).to(device, torch.float64)
     # One float64 all-reduce for everything: counts stay exact up to 2**53 examples.
-    totals = torch.cat([confusion, loss_sum[None], top5_hits[None]])
+    totals = torch.cat([confusion, loss_sum[None], top5_hits[None], single_hits[None]])
     if runtime is not None:
         runtime.all_reduce_sum(totals)
     confusion = totals[: k * k].round().long().view(k, k).cpu()
     n = max(int(confusion.sum()), 1)
     return EvalResult(
-        loss=float(totals[-2]) / n,
+        loss=float(totals[-3]) / n,
         err=1 - int(confusion.trace()) / n,
-        top5_err=1 - float(totals[-1]) / n,
+        top5_err=1 - float(totals[-2]) / n,
         confusion=confusion,
+        single_err=None if tta == "none" else 1 - float(totals[-1]) / n,
     )
 
 
@@ -134,7 +139,7 @@ class CheckpointEval:
     split: str
     classes: list[str]
     figure: Path
-    flip_tta: bool = False
+    tta: str = "none"
 
 
 def evaluate_checkpoint(
@@ -146,7 +151,7 @@ def evaluate_checkpoint(
     batch_size: int = 512,
     device: str = "auto",
     amp: str = "none",
-    flip_tta: bool = False,
+    tta: str | None = None,
     figure: str | Path | None = None,
 ) -> CheckpointEval:
     """Evaluate a run directory, weights file or registry tag on a split; draws the confusion PNG.
@@ -155,7 +160,8 @@ def evaluate_checkpoint(
     data has no test split: a folder of class folders only); the PNG goes to
     RUN_DIR/confusion-SPLIT.png, next to a weights file, or for a tag or URL to
     ./confusion-TAG-SPLIT.png, unless `figure` names a path. A folder is shown to the model the
-    way its weights expect: their crop, resize, interpolation and normalisation.
+    way its weights expect: their crop, resize, interpolation and normalisation. `tta` defaults
+    to the test-time augmentation the run evaluated with (none for other weights).
     """
     from resnetlab.export.runtime import is_exported, load_inference_model
 
@@ -184,10 +190,11 @@ def evaluate_checkpoint(
             f"{data} has {dataset.num_classes} classes and {dataset.in_chans} channels, but the model was "
             f"trained for {meta['num_classes']} classes and {meta['in_chans']} channels; pick matching --data"
         )
-    if flip_tta and (warning := mirror_warning(data, "--flip-tta")):
+    tta = (meta.get("tta") or "none") if tta is None else tta
+    if tta != "none" and (warning := mirror_warning(data, f"--tta {tta}")):
         print(warning, file=sys.stderr)
     loader = make_loader(dataset, batch_size=batch_size, train=False, device=dev)
-    result = evaluate(model, loader, num_classes=meta["num_classes"], amp=amp, flip_tta=flip_tta)
+    result = evaluate(model, loader, num_classes=meta["num_classes"], amp=amp, tta=tta)
     if figure is None:
         local = Path(meta["source"])
         if meta.get("tag") is not None or not local.exists():  # a registry file or a URL
@@ -195,20 +202,22 @@ def evaluate_checkpoint(
         else:
             figure = (Path(path) if Path(path).is_dir() else local.parent) / f"confusion-{split}.png"
     figure = Path(figure)
-    views = " with flip TTA" if flip_tta else ""
+    views = f" with {tta} TTA" if tta != "none" else ""
     title = f"{meta['model']} on {data} {split}{views}: top-1 error {100 * result.err:.2f}%"
     plot_confusion(result.confusion, list(dataset.classes), figure, title)
-    return CheckpointEval(result, meta, data, split, list(dataset.classes), figure, flip_tta)
+    return CheckpointEval(result, meta, data, split, list(dataset.classes), figure, tta)
 
 
 def format_report(ev: CheckpointEval) -> str:
     """The text `resnetlab eval` prints: headline errors, then accuracy per class."""
     r = ev.result
-    views = ", flip TTA" if ev.flip_tta else ""
+    views = "" if r.single_err is None else f", {ev.tta} TTA"
     lines = [
         f"{ev.meta['model']} on {ev.data} {ev.split} ({r.count} images{views}): "
         f"top-1 error {100 * r.err:.2f}%, top-5 error {100 * r.top5_err:.2f}%, loss {r.loss:.4f}",
     ]
+    if r.single_err is not None:
+        lines.append(f"without test-time augmentation (one view): top-1 error {100 * r.single_err:.2f}%")
     metrics = ev.meta.get("metrics") or {}
     if metrics.get("acc1") is not None:  # a registry entry: what it records, to compare with
         lines.append(
