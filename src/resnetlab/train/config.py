@@ -99,7 +99,9 @@ class TrainConfig:
     erasing: float = _opt(0.0, "random-erasing probability per image")
     mixup: float = _opt(0.0, "mixup Beta(a, a) alpha (0: off)")
     cutmix: float = _opt(0.0, "CutMix Beta(a, a) alpha (0: off)")
-    workers: int = _opt(4, "DataLoader worker processes per rank (image folders only)")
+    workers: int | None = _opt(
+        None, "DataLoader worker processes per rank, image folders only (none: the CPUs per rank, at most 8)"
+    )
     strict: bool = _opt(False, "image folders: an unreadable image stops the run instead of being skipped")
     image_size: int = _opt(
         0,
@@ -175,6 +177,7 @@ class TrainConfig:
             self.train_subset is None or self.train_subset > 0, "--train-subset must be positive or none"
         )
         _require(self.val_size >= 0, "--val-size must be >= 0")
+        _require(self.workers is None or self.workers >= 0, "--workers must be >= 0 or none")
         _require(self.per_class is None or self.per_class > 0, "--per-class must be positive or none")
         _require(
             self.per_class is None or self.train_subset is None,
