@@ -81,7 +81,8 @@ def evaluate(
     for x, y in loader:
         with autocast(device, amp):
             logits, single = tta_logits(model, x, tta)
-        single_hits += (single.argmax(1) == y).sum()
+        if tta != "none":  # without TTA the plain view is `logits`, counted by the confusion matrix
+            single_hits += (single.argmax(1) == y).sum()
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         pairs.append(y * k + logits.argmax(1))
         top5 = logits.topk(min(5, k), dim=1).indices

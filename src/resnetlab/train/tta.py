@@ -15,7 +15,6 @@ from torch import nn
 from resnetlab.errors import Error
 
 TTA_MODES = ("none", "flip", "flip-shift")
-VIEWS = {"none": 1, "flip": 2, "flip-shift": 6}  # forward passes per image
 
 
 def check_tta(mode: str) -> None:
