@@ -16,7 +16,7 @@ from resnetlab.models import create_model
 from resnetlab.train.checkpoint import save_checkpoint
 from resnetlab.weights import list_weights, table
 from resnetlab.weights.cache import SHIPPED_DIR, sha256sum
-from resnetlab.weights.ship import ship, table_entry
+from resnetlab.weights.ship import _as_typed, ship, table_entry
 from weights_fixtures import isolate_caches
 
 SHIPPED = [e for e in list_weights() if e.shipped]
@@ -60,7 +60,8 @@ def test_shipped_files_match_their_entries(entry):
         and entry.license.startswith("MIT")
         and entry.metrics.dataset == "fashion-mnist test"
     )
-    assert "python -m benchmarks.time_to_accuracy" in entry.notes  # the command that trained it
+    # the command that trained it: the benchmark, or the `resnetlab train` it started
+    assert "python -m benchmarks.time_to_accuracy" in entry.notes or "resnetlab train --recipe" in entry.notes
     assert entry.size_mb == round(path.stat().st_size / 2**20, 2)
     model = create_model(entry.model, pretrained=entry.name)
     assert sum(p.numel() for p in model.parameters()) == entry.num_params
@@ -126,3 +127,16 @@ def test_ship_writes_a_runs_inference_weights_with_the_entry_facts(tmp_path):
         and cfg["train_config"] == {"model": "cifar_resnet"}
     )
     assert cfg["code"] == {"commit": "abc"} and cfg["step"] == 7
+
+
+@pytest.mark.parametrize(
+    ("argv0", "typed"),
+    [
+        ("/x/benchmarks/time_to_accuracy.py", "python -m benchmarks.time_to_accuracy"),
+        ("/venv/lib/site-packages/resnetlab/__main__.py", "resnetlab"),  # python -m resnetlab
+        ("/venv/bin/resnetlab", "resnetlab"),
+    ],
+)
+def test_ship_records_the_training_command_as_typed(argv0, typed):
+    assert _as_typed([argv0, "train", "--seed", "0"]) == f"{typed} train --seed 0"
+    assert _as_typed([]) is None

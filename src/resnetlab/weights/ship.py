@@ -95,11 +95,17 @@ def table_entry(tag: str, facts: dict[str, Any], acc1: float, acc5: float) -> st
 
 
 def _as_typed(command: list[str]) -> str | None:
-    """The run's command line as a user types it: benchmarks/x.py -> python -m benchmarks.x."""
+    """The run's command line as a user types it: benchmarks/x.py -> python -m benchmarks.x,
+    resnetlab/__main__.py (`python -m resnetlab`, as the benchmarks start runs) -> resnetlab."""
     if not command:
         return None
     script = Path(command[0])
-    program = f"python -m benchmarks.{script.stem}" if script.parent.name == "benchmarks" else script.name
+    if script.parent.name == "benchmarks":
+        program = f"python -m benchmarks.{script.stem}"
+    elif script.name == "__main__.py":
+        program = script.parent.name
+    else:
+        program = script.name
     return " ".join([program, *command[1:]])
 
 

@@ -252,4 +252,18 @@ ENTRIES: tuple[WeightsEntry, ...] = (
         "--val-size 0 --target 0.93 --out /tmp/ship/r20",
         default=True,
     ),
+    _fashion(
+        "resnet56",
+        "fmnist",
+        sha256="b875c9e70d656d258982eb33d31a9d7339b9e5fd11376d9de0d45732ffed4c31",
+        num_params=852_730,
+        acc1=95.06,
+        acc5=99.92,
+        size_mb=3.3,
+        mean=0.2860405969887955,
+        std=0.3530242445149226,
+        trained_by="resnetlab train --recipe fast-long --seed 0 --out /tmp/ship/r56/seed-0 "
+        "--overwrite --no-progress --model resnet56 --val-size 0 --final-eval-only",
+        default=True,
+    ),
 )
