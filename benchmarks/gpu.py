@@ -2,7 +2,8 @@
 
 Rows, all in one run on the same device:
   resnet50  synthetic 3x224x224, batch 256: fp32 NCHW (TF32 off, the plain baseline), bf16 autocast
-            with channels_last, fp16 autocast with loss scaling and channels_last;
+            with channels_last, fp16 autocast with loss scaling and channels_last, and with
+            --compile the bf16 row again through torch.compile;
   resnet20  real Fashion-MNIST, batch 512: the conventional CPU DataLoader with per-sample transforms
             (4 workers) copied to the GPU in fp32, against uint8 data resident on the GPU with batched
             augmentation in bf16 and channels_last.
@@ -24,7 +25,7 @@ import torch
 from benchmarks.throughput import measure, synthetic
 from resnetlab.data import load_dataset
 
-ROW = "{:<9} {:<9} {:<10} {:<9} {:<14} {:>7} {:>11}"  # one timed run per row, ratios to the first
+ROW = "{:<9} {:<9} {:<10} {:<13} {:<14} {:>7} {:>11}"  # one timed run per row, ratios to the first
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--image-size", type=int, default=224, help="resnet50 input side in pixels (default: 224)"
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="also time resnet50 bf16 channels_last under torch.compile"
     )
     args = parser.parse_args(argv)
     if args.device == "auto":
@@ -53,11 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     batch = args.batch_size or 256
     data = synthetic(batch * 4, args.image_size)
     shape = f"3x{args.image_size}x{args.image_size}"
-    rows = [("none", "NCHW"), ("bf16", "channels_last")] + (
-        [("fp16", "channels_last")] if device.type == "cuda" else []
-    )
+    rows = [("none", "NCHW", False), ("bf16", "channels_last", False)]
+    rows += [("fp16", "channels_last", False)] if device.type == "cuda" else []
+    rows += [("bf16", "channels_last", True)] if args.compile else []
     base = None
-    for amp, layout in rows:
+    for amp, layout, compiled in rows:
         with _tf32(amp != "none"):
             rate = measure(
                 "resnet50",
@@ -68,9 +72,10 @@ def main(argv: list[str] | None = None) -> int:
                 amp=amp,
                 layout=layout,
                 device=device,
+                compile=compiled,
             )
         base = base or rate
-        precision = "fp32" if amp == "none" else amp
+        precision = ("fp32" if amp == "none" else amp) + ("+compile" if compiled else "")
         print(
             ROW.format(
                 "resnet50", shape, "resident", precision, layout, f"{rate:.0f}", f"{rate / base:.2f}x"

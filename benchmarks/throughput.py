@@ -91,11 +91,14 @@ def measure(
     layout: str,
     device: torch.device | str = "cpu",
     workers: int = 0,
+    compile: bool = False,
 ) -> float:
     """Images per second over `steps` SGD steps, after `warmup_steps(pipeline, workers)` untimed ones.
 
     Kernels are picked as `fit` picks them (cuDNN autotuning on), and the DataLoader's prefetched
     batches are used up before the clock starts, so a loader-bound baseline shows its real rate.
+    compile: the forward and backward through `torch.compile`, as `--compile` trains; its
+    compilation happens in the untimed steps.
     """
     device = torch.device(device)
     cfg = TrainConfig(model=model_name, amp=amp, nesterov=True, channels_last=layout == "channels_last")
@@ -126,7 +129,8 @@ def measure(
             channels_last=cfg.channels_last,
         )
     model.train()
-    warmup = warmup_steps(pipeline, workers)
+    train_model = torch.compile(model) if compile else model
+    warmup = warmup_steps(pipeline, workers) + (2 if compile else 0)  # compile, then recompile-free
     with kernel_settings(cfg.deterministic, device):
         it = iter(batches)
         for step in range(steps + warmup):
@@ -139,7 +143,7 @@ def measure(
                 it = iter(batches)
                 x, y = next(it)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # the baseline's copy
-            train_step(model, model, optimizer, scaler, x, y, cfg, device)
+            train_step(train_model, model, optimizer, scaler, x, y, cfg, device)
         _sync(device)
     return steps * batch_size / (time.perf_counter() - start)
 

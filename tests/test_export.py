@@ -176,7 +176,7 @@ def exported(trained, tmp_path_factory):
 def test_export_prints_parity_and_writes_a_sidecar(exported, trained):
     files, logs = exported
     assert re.search(
-        r"parity on 256 fashion-mnist test images, batch 256, 1, 7: max \|diff\| \S+, "
+        r"parity on 256 fashion-mnist test images, batch 256, 1, 7: max \|diff\| \S+ \(tolerance \S+\), "
         r"top-1 agreement 100.00%",
         logs["onnx"],
     )
@@ -248,7 +248,7 @@ def test_eval_of_an_exported_file_matches_the_run(exported, run_eval, capsys, ke
     run_out = run_eval
     code, out, err = run(capsys, "eval", str(files[key]), "--split", "val")
     assert code == 0, err
-    assert (files[key].parent / "confusion-val.png").is_file()  # beside the exported file
+    assert not (files[key].parent / "confusion-val.png").exists()  # not a run: no figure unasked
     headline = re.compile(r"top-1 error ([\d.]+)%")
     run_err, file_err = (float(headline.search(text).group(1)) for text in (run_out, out))
     if key == "int8":
@@ -345,8 +345,8 @@ def test_export_refuses_what_the_exporter_cannot_handle_and_a_failed_parity(
         )
     import resnetlab.export.pipeline as pipeline
 
-    monkeypatch.setattr(pipeline, "RTOL", 0.0)
-    monkeypatch.setattr(pipeline, "ATOL", 0.0)
+    monkeypatch.setattr(pipeline, "PARITY_REL", 0.0)
+    monkeypatch.setattr(pipeline, "PARITY_FLOOR", 0.0)
     assert_refused(
         capsys,
         tmp_path,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Callable
@@ -44,6 +45,15 @@ def parse_scalar(text: str) -> Any:
     return {"true": True, "false": False}.get(text.lower(), text)
 
 
+def finite_float(text: str) -> float:
+    """A float flag's value; inf and nan are refused here, before they reach a step (an lr
+    multiplier of inf only shows up as a diverged loss several steps in)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
 def _without_none(annotation: Any) -> tuple[Any, bool]:
     """(the annotation without `| None`, whether None is allowed)."""
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
@@ -71,6 +81,8 @@ def value_parser(annotation: Any) -> tuple[Callable[[str], Any], str]:
             return {key.strip(): parse_scalar(value.strip()) for key, value in pairs}
 
         metavar = "KEY=VALUE,..."
+    elif kind is float:
+        parse, metavar = finite_float, "FLOAT"
     else:
         parse, metavar = kind, kind.__name__.upper()
     metavar += "|none" if optional else ""

@@ -90,10 +90,27 @@ def channel_histogram(images: torch.Tensor) -> torch.Tensor:
 
 
 def histogram_stats(histogram: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel (mean, std) in [0, 1] units from (C, 256) value counts."""
+    """Per-channel (mean, std) in [0, 1] units from (C, 256) value counts; std floored at `MIN_STD`."""
     values = torch.arange(256, dtype=torch.float64) / 255
     counts = histogram.to(torch.float64)
     total = counts.sum(1)
     mean = (counts * values).sum(1) / total
     var = (counts * (values - mean[:, None]) ** 2).sum(1) / total
-    return tuple(mean.tolist()), tuple(var.sqrt().tolist())
+    return tuple(mean.tolist()), floor_std(var.sqrt().tolist())
+
+
+# A channel with (almost) no spread, the same value in every image (a blue channel constant over a
+# small set, a folder of grey scans saved as RGB), would be divided by ~0 and send training to NaN.
+# Its std is floored at one grey level, as Keras's Normalization floors it at an epsilon: the
+# channel then normalises to ~0, which is all it carries. The run's config.json says which.
+MIN_STD = 1 / 255  # [0, 1] units
+
+
+def floor_std(std: Sequence[float]) -> tuple[float, ...]:
+    """`std` with every channel below `MIN_STD` raised to it."""
+    return tuple(max(float(s), MIN_STD) for s in std)
+
+
+def floored_channels(std: Sequence[float]) -> list[int]:
+    """The channels whose std `floor_std` raised (equal to `MIN_STD`)."""
+    return [c for c, s in enumerate(std) if s <= MIN_STD]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from resnetlab.data.datasets import describe, has_split, list_datasets, load_dataset, locate, published
 from resnetlab.data.folder import train_dir
-from resnetlab.errors import Error
+from resnetlab.data.paths import check_data_dir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -61,10 +61,7 @@ def _report(name: str, data_dir: str | None, header: list[str]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.data_dir is not None and not Path(args.data_dir).is_dir():
-        raise Error(
-            f"--data-dir {args.data_dir} is not a directory; fix the path or create it to download into"
-        )
+    check_data_dir(args.data_dir)
     if args.name.startswith("imagefolder:"):
         root = Path(args.name.removeprefix("imagefolder:")).expanduser()
         if not train_dir(root):

@@ -11,6 +11,7 @@ import torch
 from resnetlab.data import cifar, mnist
 from resnetlab.data.arrays import ImageArrays, Published, channel_histogram, histogram_stats, split_indices
 from resnetlab.data.folder import DEFAULT_IMAGE_SIZE, FolderDataset, has_test_split, load_folder
+from resnetlab.data.paths import check_data_dir
 from resnetlab.data.sources import SOURCES
 from resnetlab.errors import Error
 
@@ -84,6 +85,7 @@ def load_dataset(
     """
     if split not in SPLITS:
         raise Error(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+    check_data_dir(data_dir)
     if name.startswith("imagefolder:"):
         folder = Path(name.removeprefix("imagefolder:"))
         return load_folder(

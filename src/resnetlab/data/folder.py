@@ -13,8 +13,10 @@ centre image_size crop. Both are a single Pillow resize of a box, never a second
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,7 +25,7 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
-from resnetlab.data.arrays import split_indices
+from resnetlab.data.arrays import floor_std, split_indices
 from resnetlab.errors import Error
 
 IMAGE_EXTENSIONS = frozenset(
@@ -168,15 +170,45 @@ def centre_box(size: tuple[int, int], crop: int, resize: int) -> tuple[float, fl
 
 
 def _scan(root: Path, split_dir: str, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(paths relative to root, labels) of every image under root/split_dir/<class>/, links
+    followed. A folder reached twice (a link back up the tree, a link to itself, two links to one
+    place) is read once, and a class folder only as its own class: folders are remembered by
+    (device, inode), and the repeats skipped are counted in one warning. Without that, two links
+    back to the root make os.walk visit ~2^depth paths."""
+    tops = [root / split_dir / name for name in classes]
+    owner: dict[tuple[int, int], int] = {}
+    for label, top in enumerate(tops):
+        info = os.stat(top)
+        owner.setdefault((info.st_dev, info.st_ino), label)
     paths, labels = [], []
-    for label, name in enumerate(classes):
-        for dirpath, dirnames, filenames in os.walk(root / split_dir / name, followlinks=True):
+    seen: set[tuple[int, int]] = set()
+    skipped = 0
+    for label, top in enumerate(tops):
+        for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+            info = os.stat(dirpath)
+            key = (info.st_dev, info.st_ino)
+            if key in seen or owner.get(key, label) != label:
+                skipped += 1
+                dirnames.clear()  # do not descend into a folder read (or to be read) elsewhere
+                continue
+            seen.add(key)
             dirnames.sort()
             for filename in sorted(filenames):
                 if os.path.splitext(filename)[1].lower() in IMAGE_EXTENSIONS:
                     paths.append(os.fsencode(os.path.relpath(os.path.join(dirpath, filename), root)))
                     labels.append(label)
+    if skipped:
+        _warn_once(
+            f"resnetlab: warning: {root / split_dir}: {skipped} folder(s) reached again through "
+            "symbolic links were skipped; each folder's images are read once"
+        )
     return np.array(paths, dtype=bytes), np.array(labels, dtype=np.int64)
+
+
+@functools.lru_cache(maxsize=64)
+def _warn_once(message: str) -> None:
+    """Print `message` to stderr the first time only: the train, val and test splits each scan."""
+    print(message, file=sys.stderr)
 
 
 def estimate_stats(
@@ -200,7 +232,7 @@ def estimate_stats(
         raise Error(f"none of the {len(picks)} sampled training images under {root} could be decoded")
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
-    return tuple(mean.tolist()), tuple(std.tolist())
+    return tuple(mean.tolist()), floor_std(std.tolist())
 
 
 _LAYOUT = (

@@ -11,10 +11,19 @@ import os
 from pathlib import Path
 
 from resnetlab.data.sources import SOURCES
+from resnetlab.errors import Error
 
 
 def cache_dir() -> Path:
     return Path.home() / ".cache" / "resnetlab"
+
+
+def check_data_dir(data_dir: str | os.PathLike | None) -> None:
+    """Refuse a `--data-dir` that is not a folder. Every command's data goes through here (by way
+    of `load_dataset`), so none quietly uses data found elsewhere instead; `locate` alone (the
+    Python download API) still creates the folder it is asked to download into."""
+    if data_dir is not None and not Path(data_dir).expanduser().is_dir():
+        raise Error(f"--data-dir {data_dir} is not a directory; fix the path or create it to download into")
 
 
 def _roots(data_dir: str | os.PathLike | None) -> list[Path]:

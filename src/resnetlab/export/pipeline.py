@@ -1,17 +1,21 @@
 """`export_model`: source -> (BN folded) -> exported file (-> int8) -> verified -> kept.
 
-Every export checks itself before it is kept: the exported file runs (ONNX Runtime for .onnx,
-the loaded program for .pt2) on real images of the model's data set and is compared with the
-eager model. fp32 must agree on every top-1 and within torchvision's ONNX tolerance (rtol 1e-3,
-atol 1e-5, REFERENCE.md); int8 is judged by its test accuracy against fp32's. The file and its
-sidecar are written under temporary names and renamed into place only after that, so a failed
-export leaves nothing behind.
+Every flag, the source and the data are checked before any export work. Every export checks
+itself before it is kept: the exported file runs (ONNX Runtime for .onnx, the loaded program for
+.pt2) on real images of the model's data set and is compared with the eager model. fp32 must be
+within `PARITY_REL` of the eager logits' spread (their std over the verification batch) and
+agree on every top-1 that such a difference cannot flip; int8 is judged by its test accuracy
+against fp32's. The file is written under a temporary name and renamed into place only after
+that, then its sidecar (which holds the file's sha256, so a pair from two exports is refused
+when it is opened); a failed export leaves nothing behind, and a killed one's temporaries are
+removed by the next export to the same name.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from resnetlab.data import ImageArrays, load_dataset, make_loader
+from resnetlab.data.download import fsync_dir
 from resnetlab.errors import Error
 from resnetlab.export.fold import count_bn, fold_bn
 from resnetlab.export.runtime import OnnxModel, ProgramModel, require_extra
@@ -28,7 +33,12 @@ from resnetlab.export.sidecar import sha256_file, sidecar_bytes, sidecar_path, w
 from resnetlab.models import create_model, list_models
 
 FORMATS = {"onnx": ".onnx", "pt2": ".pt2"}
-RTOL, ATOL = 1e-3, 1e-5  # torchvision's ONNX Runtime vs eager test (REFERENCE.md)
+# Allowed max |exported - eager| as a fraction of the eager logits' std. An absolute bound
+# ignores scale: fp32 reordering measures 2.0-2.1e-6 of the std at every depth (resnet18
+# 3.2e-6 of 1.6, resnet50 5.1e-5 of 25, resnet152 84 of 3.9e7 at random init), so 1e-4 leaves
+# 50x headroom, while one BN's variance off by 1% in the fold is caught.
+PARITY_REL = 1e-4
+PARITY_FLOOR = 1e-6  # absolute, for logits with no spread
 INT8_MAX_DROP = 1.0  # top-1 points int8 may lose against fp32 on the test split before we refuse
 # Random-weight models (for timing) have no data set; they get these inputs and statistics.
 _IMAGENET = {
@@ -138,18 +148,34 @@ def _images_and_labels(
 
 
 def _parity(runner: nn.Module, eager: nn.Module, x: Tensor, sizes: list[int]) -> dict[str, Any]:
-    """Max |exported - eager| over logits, whether every one is within tolerance, and top-1
-    agreement, with `x` run in batches of each size of `sizes`."""
+    """Max |exported - eager| over logits against the tolerance (`PARITY_REL` of the eager
+    logits' std), top-1 agreement, and the agreement on the images whose eager top-2 margin is
+    over twice the tolerance (where a difference within it cannot flip the top-1), with `x` run
+    in batches of each size of `sizes`."""
     with torch.inference_mode():
         ref = eager(x)
-    worst, within, agree = 0.0, True, 1.0
+    tolerance = max(PARITY_REL * float(ref.std()) if ref.numel() > 1 else 0.0, PARITY_FLOOR)
+    top2 = ref.topk(min(2, ref.shape[1]), dim=1).values
+    decided = (
+        (top2[:, 0] - top2[:, -1]) > 2 * tolerance
+        if ref.shape[1] > 1
+        else torch.ones(len(ref), dtype=torch.bool)
+    )
+    worst, agree, agree_decided = 0.0, 1.0, 1.0
     for size in sizes:
         out = torch.cat([runner(part) for part in torch.split(x, size)])
-        diff = (out - ref).abs()
-        worst = max(worst, float(diff.max()))
-        within &= bool((diff <= ATOL + RTOL * ref.abs()).all())
-        agree = min(agree, float((out.argmax(1) == ref.argmax(1)).float().mean()))
-    return {"max_abs_diff": worst, "within_tolerance": within, "top1_agreement": agree, "batch_sizes": sizes}
+        worst = max(worst, float((out - ref).abs().max()))
+        same = out.argmax(1) == ref.argmax(1)
+        agree = min(agree, float(same.float().mean()))
+        agree_decided = min(agree_decided, float(same[decided].float().mean()) if decided.any() else 1.0)
+    return {
+        "max_abs_diff": worst,
+        "tolerance": tolerance,
+        "within_tolerance": worst <= tolerance,
+        "top1_agreement": agree,
+        "top1_agreement_decided": agree_decided,
+        "batch_sizes": sizes,
+    }
 
 
 @torch.inference_mode()
@@ -187,10 +213,21 @@ def _check_out(out: Path, fmt: str) -> None:
         raise Error(f"--out {out}: cannot write in {folder} ({exc.strerror})") from None
 
 
+def _remove_leftovers(out: Path) -> None:
+    """Delete the temporaries a killed export to `out` left (the names `_temporary` and
+    `write_atomic` use), so they do not pile up as hidden files beside it."""
+    fp32 = out.with_name(out.stem + ".fp32" + out.suffix)
+    patterns = (f".{out.name}.tmp*", f".{fp32.name}.tmp*", f".{sidecar_path(out).name}.tmp")
+    for pattern in patterns:
+        for leftover in out.parent.glob(pattern):
+            leftover.unlink(missing_ok=True)
+
+
 def export_model(
     source: str | Path, options: ExportOptions, log: Callable[[str], None] = print
 ) -> ExportReport:
-    """Export `source` as `options` says, verify the file, then keep it with its sidecar."""
+    """Export `source` as `options` says, verify the file, then keep it with its sidecar.
+    Every flag, the source and every data set it names are checked before the export starts."""
     o = options
     if o.format not in FORMATS:
         raise Error(f"unknown format {o.format!r}; choose onnx or pt2")
@@ -202,6 +239,8 @@ def export_model(
         raise Error("--int8 quantises with ONNX Runtime; use it with --format onnx")
     if o.int8 and o.calibration_images < 1:
         raise Error("--calibration-images must be at least 1")
+    if o.verify_images < 1:
+        raise Error("verify_images must be at least 1")
     if o.format == "onnx":
         for name in ("onnx", "onnxruntime", "onnxscript"):
             require_extra(name)
@@ -225,6 +264,10 @@ def export_model(
         x_test = y_test = None
         verify = torch.randn((16, *shape), generator=torch.Generator().manual_seed(0))
         verify_from = f"16 random inputs ({source} has no data set)"
+    calib = None
+    if o.int8:  # read before the fp32 export, so a bad --calibration-data fails at once
+        calib = _images(meta, calibration_data, "train", o.calibration_images, o.data_dir)
+    _remove_leftovers(out)
 
     model = fold_bn(eager) if o.fold_bn else eager
     if o.fold_bn:
@@ -257,16 +300,16 @@ def export_model(
             if o.int8:
                 from resnetlab.export.int8 import quantize_onnx
 
-                calib = _images(meta, calibration_data, "train", o.calibration_images, o.data_dir)
                 log(f"int8: calibrating on {len(calib)} {calibration_data} training images")
                 facts.update(quantize_onnx(tmp_fp32, tmp, calib, facts["input"]))
                 facts["calibration_data"] = calibration_data
             runner = OnnxModel(tmp)
         parity = _parity(runner, eager, verify, sizes)
-        facts["parity"] = {"images": verify_from, "rtol": RTOL, "atol": ATOL, **parity}
+        facts["parity"] = {"images": verify_from, "relative_to_std": PARITY_REL, **parity}
         log(
             f"parity on {verify_from}, batch {', '.join(map(str, sizes))}: max |diff| "
-            f"{parity['max_abs_diff']:.2e}, top-1 agreement {100 * parity['top1_agreement']:.2f}%"
+            f"{parity['max_abs_diff']:.2e} (tolerance {parity['tolerance']:.2e}), "
+            f"top-1 agreement {100 * parity['top1_agreement']:.2f}%"
         )
         if o.int8:
             if x_test is not None:
@@ -288,15 +331,19 @@ def export_model(
                         f"int8 loses {drop:.2f} top-1 points against fp32 (more than {INT8_MAX_DROP}); "
                         "calibrate on more images (--calibration-images) or keep fp32"
                     )
-        elif not (parity["within_tolerance"] and parity["top1_agreement"] == 1.0):
+        elif not (parity["within_tolerance"] and parity["top1_agreement_decided"] == 1.0):
             raise Error(
                 f"the exported file does not match eager PyTorch (max |diff| {parity['max_abs_diff']:.2e}, "
-                f"top-1 agreement {100 * parity['top1_agreement']:.2f}%); nothing was written"
+                f"tolerance {parity['tolerance']:.2e}, top-1 agreement "
+                f"{100 * parity['top1_agreement']:.2f}%); nothing was written"
             )
         facts["sha256"] = sha256_file(tmp)
         side = sidecar_path(out)
+        # The file first, then its sidecar: a crash between the two leaves the old sidecar, whose
+        # sha256 no longer matches, and opening the pair says so.
+        os.replace(tmp, out)
+        fsync_dir(out.parent)
         write_atomic(side, sidecar_bytes(meta, facts))
-        tmp.replace(out)
     return ExportReport(out, side, facts)
 
 

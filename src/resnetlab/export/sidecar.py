@@ -18,6 +18,8 @@ from typing import Any
 from resnetlab.errors import Error
 
 SIDECAR_VERSION = 1
+# What eval and predict read from a sidecar, and its type; anything else is optional.
+_REQUIRED = {"model": str, "num_classes": int, "in_chans": int, "image_size": int, "classes": list}
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -61,6 +63,9 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
         raise Error(f"{path} has no sidecar {side.name}; export it again with `resnetlab export`") from None
     except (OSError, ValueError) as exc:
         raise Error(f"{side} is not readable JSON ({exc}); export {path} again") from None
-    if not isinstance(data, dict) or "export" not in data:
+    if not isinstance(data, dict) or not isinstance(data.get("export"), dict):
         raise Error(f"{side} is not a resnetlab export sidecar; export {path} again")
+    for key, kind in _REQUIRED.items():
+        if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool):
+            raise Error(f"{side} has no valid {key!r} ({kind.__name__}); export {path} again")
     return data

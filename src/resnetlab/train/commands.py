@@ -85,7 +85,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--batch-size", type=int, default=512, help="examples per batch (default: 512)")
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     ev.add_argument(
-        "--amp", choices=("none", "bf16", "fp16"), default="none", help="autocast (default: none)"
+        "--amp",
+        choices=("none", "bf16", "fp16"),
+        help="autocast (default: the run's own, so eval gives the figure training recorded; none "
+        "for other weights, and for a run trained in fp16 when evaluated off CUDA)",
     )
     ev.add_argument(
         "--tta",
@@ -96,7 +99,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument(
         "--figure",
         metavar="PNG",
-        help="confusion-matrix path (default: confusion-SPLIT.png beside the weights)",
+        help="confusion-matrix path (default: confusion-SPLIT.png in the run directory; other "
+        "weights and exported files draw one only when this names a path)",
     )
     ev.set_defaults(func=run_eval)
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -169,6 +170,13 @@ class TrainConfig:
 
     def check(self) -> None:
         """Raise `Error` for values that cannot work together; the message names the flags."""
+        for f in dataclasses.fields(self):  # the Python API's twin of the flags' finite_float
+            value = getattr(self, f.name)
+            values = value if isinstance(value, tuple) else (value,)
+            _require(
+                all(math.isfinite(v) for v in values if isinstance(v, float)),
+                f"--{f.name.replace('_', '-')} must be a finite number, not {value}",
+            )
         _require(self.epochs > 0 or (self.max_steps or 0) > 0, "--epochs must be positive")
         _require(self.max_steps is None or self.max_steps > 0, "--max-steps must be positive or none")
         _require(self.batch_size > 0 and self.eval_batch_size > 0, "batch sizes must be positive")

@@ -46,6 +46,7 @@ from resnetlab.data import (
     per_class_subset,
     select_classes,
 )
+from resnetlab.data.arrays import MIN_STD, floored_channels
 from resnetlab.data.augment import resize
 from resnetlab.data.folder import MAX_VAL_FRACTION
 from resnetlab.errors import Error
@@ -579,10 +580,6 @@ def _check_cublas_workspace() -> None:
 def _load_splits(cfg: TrainConfig, *, talk: bool) -> dict[str, Any]:
     """{"train": ..., and each of cfg.eval_splits the data has}; --train-subset picks its examples
     by --seed. talk: say which splits are skipped and when a folder's hold-out is capped."""
-    if cfg.data_dir is not None and not Path(cfg.data_dir).is_dir():
-        raise Error(
-            f"--data-dir {cfg.data_dir} is not a directory; fix the path or create it to download into"
-        )
     kw = dict(
         data_dir=cfg.data_dir,
         val_size=cfg.val_size,
@@ -602,6 +599,13 @@ def _load_splits(cfg: TrainConfig, *, talk: bool) -> dict[str, Any]:
             )
         pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))
         train = train.subset(pick[: cfg.train_subset].sort().values)
+    present = sorted(set(torch.as_tensor(train.labels).tolist()))
+    if len(present) < 2:  # one class: the loss is 0 from the first step and nothing is learned
+        names = ", ".join(train.classes[c] for c in present)
+        raise Error(
+            f"{cfg.data} has training images of {len(present)} class ({names}); a classifier needs "
+            "at least 2 classes with images"
+        )
     splits = {"train": train}
     for split in cfg.eval_splits:
         if has_split(cfg.data, split, val_size=cfg.val_size):
@@ -610,6 +614,12 @@ def _load_splits(cfg: TrainConfig, *, talk: bool) -> dict[str, Any]:
         elif talk:
             why = "--val-size is 0" if split == "val" else "the folder has no val/ beside train/"
             print(f"resnetlab: no {split} split to evaluate ({why})", file=sys.stderr)
+    if talk and (flat := floored_channels(train.std)):
+        print(
+            f"resnetlab: warning: channel(s) {', '.join(map(str, flat))} of {cfg.data} have (almost) no "
+            f"spread; their std is floored at {MIN_STD:.4f} (one grey level), as config.json records",
+            file=sys.stderr,
+        )
     if talk and "val" in splits and len(splits["val"]) < cfg.val_size and not cfg.classes:
         total = len(splits["val"]) + len(train)
         print(
@@ -696,7 +706,9 @@ def _model_meta(cfg: TrainConfig, train_set: Any, model: nn.Module) -> dict[str,
         "data": cfg.data,
         "val_size": cfg.val_size,
         "seed": cfg.seed,
-        "tta": cfg.tta,  # what `resnetlab eval` scores with by default
+        "tta": cfg.tta,  # what `resnetlab eval` scores with by default, and in this precision
+        "amp": cfg.amp,  # and layout, so that it gives the figure the run recorded
+        "channels_last": cfg.channels_last,
         "init_from": _init_record(model),
     }
 
@@ -713,6 +725,8 @@ def _describe(
         "image_size": train_set.image_size,
         "mean": list(train_set.mean),
         "std": list(train_set.std),
+        "std_floor": MIN_STD,  # a channel's std is at least this (one grey level), never ~0
+        "std_floored_channels": floored_channels(train_set.std),
         "normalization": normalization,  # whose mean/std those are: "weights" or "data"
         "init_from": _init_record(model),
     }

@@ -25,6 +25,7 @@ from resnetlab.errors import Error
 from resnetlab.train.checkpoint import require_meta
 from resnetlab.train.distributed import Runtime, resolve_device
 from resnetlab.train.precision import autocast
+from resnetlab.train.rundir import CONFIG_FILE
 from resnetlab.train.tta import check_tta, tta_logits
 
 
@@ -139,7 +140,7 @@ class CheckpointEval:
     data: str
     split: str
     classes: list[str]
-    figure: Path
+    figure: Path | None  # the confusion-matrix PNG; None: not drawn
     tta: str = "none"
 
 
@@ -151,18 +152,19 @@ def evaluate_checkpoint(
     split: str | None = None,
     batch_size: int = 512,
     device: str = "auto",
-    amp: str = "none",
+    amp: str | None = None,
     tta: str | None = None,
     figure: str | Path | None = None,
 ) -> CheckpointEval:
     """Evaluate a run directory, weights file or registry tag on a split; draws the confusion PNG.
 
     The data set defaults to the one the model was trained on, the split to test (val where the
-    data has no test split: a folder of class folders only); the PNG goes to
-    RUN_DIR/confusion-SPLIT.png, next to a weights file, or for a tag or URL to
-    ./confusion-TAG-SPLIT.png, unless `figure` names a path. A folder is shown to the model the
-    way its weights expect: their crop, resize, interpolation and normalisation. `tta` defaults
-    to the test-time augmentation the run evaluated with (none for other weights).
+    data has no test split: a folder of class folders only); the PNG goes to `figure`, else to
+    RUN_DIR/confusion-SPLIT.png when there is a run directory, else nowhere (a tag, URL, loose
+    weights file or exported file leaves no file behind unasked). A folder is shown to the model the
+    way its weights expect: their crop, resize, interpolation and normalisation. `tta` and `amp`
+    default to the test-time augmentation and autocast the run evaluated with, in its memory
+    layout (none for other weights; fp16 only on CUDA), so eval repeats the run's own figure.
     """
     from resnetlab.export.runtime import is_exported, load_inference_model
 
@@ -194,19 +196,36 @@ def evaluate_checkpoint(
     tta = (meta.get("tta") or "none") if tta is None else tta
     if tta != "none" and (warning := mirror_warning(data, f"--tta {tta}")):
         print(warning, file=sys.stderr)
-    loader = make_loader(dataset, batch_size=batch_size, train=False, device=dev)
+    exported = is_exported(path)  # an fp32 graph with its own layout: no autocast around it
+    if amp is None:
+        amp = "none" if exported else (meta.get("amp") or "none")
+        amp = "none" if amp == "fp16" and dev.type != "cuda" else amp
+    channels_last = bool(meta.get("channels_last")) and not exported
+    if channels_last:  # the run's kernels: under bf16 another layout rounds differently
+        model = model.to(memory_format=torch.channels_last)
+    loader = make_loader(dataset, batch_size=batch_size, train=False, device=dev, channels_last=channels_last)
     result = evaluate(model, loader, num_classes=meta["num_classes"], amp=amp, tta=tta)
-    if figure is None:
-        local = Path(meta["source"])
-        if meta.get("tag") is not None or not local.exists():  # a registry file or a URL
-            figure = Path(f"confusion-{meta.get('tag') or local.stem}-{split}.png")
-        else:
-            figure = (Path(path) if Path(path).is_dir() else local.parent) / f"confusion-{split}.png"
-    figure = Path(figure)
-    views = f" with {tta} TTA" if tta != "none" else ""
-    title = f"{meta['model']} on {data} {split}{views}: top-1 error {100 * result.err:.2f}%"
-    plot_confusion(result.confusion, list(dataset.classes), figure, title)
+    if figure is None and (run_dir := _run_dir(path, meta)) is not None:
+        figure = run_dir / f"confusion-{split}.png"
+    if figure is not None:
+        figure = Path(figure)
+        views = f" with {tta} TTA" if tta != "none" else ""
+        title = f"{meta['model']} on {data} {split}{views}: top-1 error {100 * result.err:.2f}%"
+        plot_confusion(result.confusion, list(dataset.classes), figure, title)
     return CheckpointEval(result, meta, data, split, list(dataset.classes), figure, tta)
+
+
+def _run_dir(path: str | Path, meta: dict[str, Any]) -> Path | None:
+    """The run directory `path` names or keeps its weights in (a folder with config.json, maybe
+    above a checkpoint-N/ folder), else None: a registry tag, a URL, a loose weights file or an
+    exported file outside a run has none to write into."""
+    if meta.get("tag") is not None:
+        return None
+    source = Path(meta.get("source") or "")
+    folders = [Path(path)] if Path(path).is_dir() else []
+    return next(
+        (f for f in (*folders, source.parent, source.parent.parent) if (f / CONFIG_FILE).is_file()), None
+    )
 
 
 def format_report(ev: CheckpointEval) -> str:
@@ -221,12 +240,14 @@ def format_report(ev: CheckpointEval) -> str:
         lines.append(f"without test-time augmentation (one view): top-1 error {100 * r.single_err:.2f}%")
     metrics = ev.meta.get("metrics") or {}
     if metrics.get("acc1") is not None:  # a registry entry: what it records, to compare with
+        who = ev.meta["tag"] or ev.meta.get("source_tag") or "the source"  # an export keeps its source's
         lines.append(
-            f"{ev.meta['tag']} records top-1 accuracy {metrics['acc1']}% on {metrics['dataset']} "
+            f"{who} records top-1 accuracy {metrics['acc1']}% on {metrics['dataset']} "
             f"({metrics['how']}); measured here: {100 * (1 - r.err):.2f}%"
         )
     lines += ["", f"{'class':<24} {'accuracy':>8}  {'images':>6}"]
     for name, acc, n in zip(ev.classes, r.per_class_accuracy(), r.confusion.sum(1).tolist(), strict=True):
         lines.append(f"{name:<24} {100 * acc:>7.2f}%  {n:>6}")
-    lines += ["", f"confusion matrix: {ev.figure}"]
+    drawn = ev.figure if ev.figure is not None else "not drawn (--figure PNG draws it)"
+    lines += ["", f"confusion matrix: {drawn}"]
     return "\n".join(lines)

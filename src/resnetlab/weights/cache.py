@@ -3,8 +3,9 @@
 A file is looked for, in order: inside the package (shipped weights), in our cache, and in torch's
 own cache `$TORCH_HOME/hub/checkpoints/` under the same name (so a torchvision file a user already
 has is not fetched twice). Otherwise it is downloaded with a progress bar, written atomically,
-and its sha256 is checked before it is kept; a mismatch leaves nothing in the cache. Every file
-is checked again before it is loaded, wherever it was found.
+and its length (Content-Length) and sha256 are checked before it is kept; a short or mismatched
+download leaves nothing in the cache. Every file is checked again before it is loaded, wherever
+it was found.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from resnetlab.data.download import DownloadError, download
+from resnetlab.data.download import DownloadError, UnwritableFolder, download
 from resnetlab.errors import Error
 from resnetlab.weights.entry import WeightsEntry
 
@@ -81,7 +82,7 @@ def cached_path(entry: WeightsEntry) -> Path | None:
     return next((p for p in candidates(entry) if p.is_file()), None)
 
 
-def fetch(entry: WeightsEntry, *, timeout: float = 30.0) -> Path:
+def fetch(entry: WeightsEntry, *, timeout: float | None = None) -> Path:
     """The entry's file, checked: found in a cache or the package, else downloaded into the cache."""
     found = cached_path(entry)
     if found is None:
@@ -98,7 +99,7 @@ def fetch(entry: WeightsEntry, *, timeout: float = 30.0) -> Path:
     return found
 
 
-def fetch_url(url: str, *, timeout: float = 30.0) -> Path:
+def fetch_url(url: str, *, timeout: float | None = None) -> Path:
     """A URL's file in the cache (or torch's), downloading it once; a sha256 prefix in its name is checked."""
     file_name = url.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
     if not file_name:
@@ -111,10 +112,16 @@ def fetch_url(url: str, *, timeout: float = 30.0) -> Path:
     return found
 
 
-def _download(url: str, dest: Path, sha256: str | None, timeout: float) -> Path:
-    """Download into `dest` (atomic; checked before it is kept); offline names where to put it by hand."""
+def _download(url: str, dest: Path, sha256: str | None, timeout: float | None) -> Path:
+    """Download into `dest` (atomic; checked before it is kept); offline names where to put it by
+    hand; an unwritable cache names its folder and the variable that moves it. timeout: seconds
+    a connection may stall (None: $RESNETLAB_DOWNLOAD_TIMEOUT, default 30)."""
     try:
         return download(url, dest, sha256=sha256, timeout=timeout)
+    except UnwritableFolder as exc:
+        raise Error(
+            f"{exc}; the weights cache is $RESNETLAB_HOME/weights: set RESNETLAB_HOME to a writable folder"
+        ) from None
     except DownloadError as exc:
         raise Error(
             f"{exc}; offline? fetch {url} by hand and save it as {dest.name} in {dest.parent}"
