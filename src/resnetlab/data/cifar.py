@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from resnetlab.data.arrays import Published
-from resnetlab.data.download import DownloadError, download, fsync_dir, md5sum
+from resnetlab.data.download import DownloadError, UnwritableFolder, download, fsync_dir, md5sum
 from resnetlab.data.paths import candidate_dirs, download_dir, manual_install
 from resnetlab.data.sources import SOURCES
 from resnetlab.errors import Error
@@ -169,7 +169,7 @@ def locate(
         raise Error(f"{name} not found; {manual_install(name, data_dir)}")
     try:
         download(source.url + spec.name, target / spec.name, md5=spec.md5)
-    except DownloadError as exc:
+    except (DownloadError, UnwritableFolder) as exc:
         raise Error(f"{exc}; {manual_install(name, data_dir)}") from None
     return _unpack(name, target / spec.name)
 

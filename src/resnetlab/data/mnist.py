@@ -11,7 +11,7 @@ import torch
 
 from resnetlab.data import idx
 from resnetlab.data.arrays import Published
-from resnetlab.data.download import DownloadError, download
+from resnetlab.data.download import DownloadError, UnwritableFolder, download
 from resnetlab.data.paths import candidate_dirs, download_dir, manual_install
 from resnetlab.data.sources import SOURCES, RemoteFile
 from resnetlab.errors import Error
@@ -41,7 +41,7 @@ def locate(
         if _present(target, spec) is None:
             try:
                 download(source.url + spec.name, target / spec.name, md5=spec.md5)
-            except DownloadError as exc:
+            except (DownloadError, UnwritableFolder) as exc:
                 raise Error(f"{exc}; {manual_install(name, data_dir)}") from None
     return [_present(target, spec) for spec in source.files]  # type: ignore[misc]
 

@@ -197,10 +197,11 @@ def evaluate_checkpoint(
     if tta != "none" and (warning := mirror_warning(data, f"--tta {tta}")):
         print(warning, file=sys.stderr)
     exported = is_exported(path)  # an fp32 graph with its own layout: no autocast around it
+    as_run = amp is None and not exported  # repeat the run's own figure: its autocast and layout
     if amp is None:
-        amp = "none" if exported else (meta.get("amp") or "none")
+        amp = (meta.get("amp") or "none") if as_run else "none"
         amp = "none" if amp == "fp16" and dev.type != "cuda" else amp
-    channels_last = bool(meta.get("channels_last")) and not exported
+    channels_last = as_run and bool(meta.get("channels_last"))
     if channels_last:  # the run's kernels: under bf16 another layout rounds differently
         model = model.to(memory_format=torch.channels_last)
     loader = make_loader(dataset, batch_size=batch_size, train=False, device=dev, channels_last=channels_last)
@@ -221,11 +222,11 @@ def _run_dir(path: str | Path, meta: dict[str, Any]) -> Path | None:
     exported file outside a run has none to write into."""
     if meta.get("tag") is not None:
         return None
-    source = Path(meta.get("source") or "")
     folders = [Path(path)] if Path(path).is_dir() else []
-    return next(
-        (f for f in (*folders, source.parent, source.parent.parent) if (f / CONFIG_FILE).is_file()), None
-    )
+    if meta.get("source"):
+        source = Path(meta["source"])
+        folders += [source.parent, source.parent.parent]
+    return next((f for f in folders if (f / CONFIG_FILE).is_file()), None)
 
 
 def format_report(ev: CheckpointEval) -> str:
