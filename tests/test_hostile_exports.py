@@ -162,6 +162,33 @@ def test_python_in_a_shape_expression_is_refused(exports, tmp_path, capsys):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize(
+    "expression, safe",
+    [
+        ("Symbol('s77', positive=True, integer=True)", True),  # what torch.export writes
+        ("Mul(Integer(2), Symbol('s0', integer=True)) + 1", True),
+        ("2*s0 + u3", True),
+        ("__import__('os').system('true')", False),
+        ("Symbol('s0').__class__", False),
+        ("preview(s0)", False),  # a sympy name that runs LaTeX
+        ("atan2(s0, s0)", False),  # not a name torch writes
+        ("s0; import os", False),
+    ],
+)
+def test_shape_expressions_pass_only_as_arithmetic_on_symbols(expression, safe):
+    from resnetlab.export.pt2_check import _safe_expression
+
+    assert _safe_expression(expression) is safe
+
+
+def test_a_program_nested_past_pythons_stack_is_one_line(exports, tmp_path, capsys):
+    deep = b"[" * 200_000 + b"]" * 200_000
+    bad = tamper(
+        exports["pt2"], tmp_path / "deep.pt2", lambda rel, d: deep if rel.startswith("models/") else d
+    )
+    assert_one_line(capsys, "predict", str(bad), str(exports["image"]), match="is not JSON")
+
+
 def test_guard_code_and_calls_outside_aten_are_refused(exports, tmp_path, capsys):
     def guard(program: dict) -> None:
         program["guards_code"] = ["__import__('os').getpid() > 0"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import re
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ _SYMPY_NAMES = frozenset(
         "TruncToFloat", "TruncToInt", "RoundToInt", "RoundDecimal", "ToFloat", "Identity",
     }
 )  # fmt: skip
+_SYMBOL = re.compile(r"(s|u|ps|zf|zuf)\d+")  # torch.export's symbol names (s0 sizes, u3 unbacked, ...)
 _EXPR_TOKEN = re.compile(r"\s+|'[a-z]+\d*'|\d+(\.\d+)?|[A-Za-z]\w*|\*\*|[-+*/%(),=<>]")
 
 
@@ -84,7 +86,8 @@ def check_program_archive(path: str | Path) -> None:
             members[rel] = name
         try:
             _check_members(archive, members, label)
-        except zipfile.BadZipFile as exc:
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, OSError) as exc:
+            # damaged or truncated members, unsupported compression, encryption
             raise Error(f"{label} is a damaged archive ({exc}); it may be truncated or corrupt") from None
 
 
@@ -97,7 +100,10 @@ def _check_members(archive: zipfile.ZipFile, members: dict[str, str], label: str
     for rel, name in members.items():
         where = f"{label}:{rel}"
         if rel.endswith("_config.json"):
-            for entry in _json(archive.read(name), where).get("config", {}).values():
+            config = _json(archive.read(name), where).get("config", {})
+            if not isinstance(config, dict):
+                raise Error(f"{where} is not a torch.export payload config; export it again")
+            for entry in config.values():
                 if not isinstance(entry, dict) or not _PAYLOAD.fullmatch(str(entry.get("path_name"))):
                     raise Error(f"refusing to load {label}: {rel} names a payload that is not a tensor")
                 if entry.get("use_pickle"):
@@ -114,7 +120,7 @@ def _check_members(archive: zipfile.ZipFile, members: dict[str, str], label: str
 def _json(data: bytes, where: str) -> dict[str, Any]:
     try:
         value = json.loads(data)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than Python's stack
         raise Error(f"{where} is not JSON ({exc}); the file may be truncated or corrupt") from None
     if not isinstance(value, dict):
         raise Error(f"{where} is not a torch.export record")
@@ -137,27 +143,30 @@ def _check_program(program: dict[str, Any], label: str) -> None:
             )
 
 
-def _strings(node: Any, key: str = "") -> Iterator[tuple[str, str]]:
-    """(key, value) for every string in a JSON tree, with the key it sits under."""
-    if isinstance(node, dict):
-        for k, v in node.items():
-            yield from _strings(v, k)
-    elif isinstance(node, list):
-        for v in node:
-            yield from _strings(v, key)
-    elif isinstance(node, str):
-        yield key, node
+def _strings(tree: Any) -> Iterator[tuple[str, str]]:
+    """(key, value) for every string in a JSON tree, with the key it sits under; iterative, so a
+    tree nested as deep as json.loads allows cannot exhaust Python's stack."""
+    stack: list[tuple[str, Any]] = [("", tree)]
+    while stack:
+        key, node = stack.pop()
+        if isinstance(node, dict):
+            stack.extend(node.items())
+        elif isinstance(node, list):
+            stack.extend((key, item) for item in node)
+        elif isinstance(node, str):
+            yield key, node
 
 
 def _safe_expression(text: str) -> bool:
-    """Whether `text` is made only of numbers, quoted symbol names, operators and sympy names."""
+    """Whether `text` is made only of numbers, symbol names (bare or quoted), operators and sympy
+    names: then `sympy.sympify` can only build an expression from it."""
     position = 0
     while position < len(text):
         token = _EXPR_TOKEN.match(text, position)
         if token is None:
             return False
         word = token.group()
-        if word[0].isalpha() and word not in _SYMPY_NAMES:
+        if word[0].isalpha() and word not in _SYMPY_NAMES and not _SYMBOL.fullmatch(word):
             return False
         position = token.end()
     return True
