@@ -599,7 +599,7 @@ def _load_splits(cfg: TrainConfig, *, talk: bool) -> dict[str, Any]:
             )
         pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))
         train = train.subset(pick[: cfg.train_subset].sort().values)
-    present = sorted(set(torch.as_tensor(train.labels).tolist()))
+    present = torch.as_tensor(train.labels).unique().tolist()
     if len(present) < 2:  # one class: the loss is 0 from the first step and nothing is learned
         names = ", ".join(train.classes[c] for c in present)
         raise Error(

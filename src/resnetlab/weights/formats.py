@@ -115,23 +115,29 @@ def code_in_pickle(data: bytes) -> list[str]:
 
 
 def _pickle_globals(raw: bytes) -> list[str]:
-    """ "module.name" of each GLOBAL and STACK_GLOBAL in a pickle, as far as it parses."""
-    names, strings, memo = [], [], {}
+    """The "module.name" of each GLOBAL and STACK_GLOBAL in a pickle, as far as it parses. A
+    STACK_GLOBAL takes the two strings pushed before it, directly or from the memo."""
+    names: list[str] = []
+    strings: list[str] = []
+    memo: dict[int, object] = {}
+    top: object = None  # what the last opcode pushed, where it matters: a string or not
     try:
         for op, arg, _ in pickletools.genops(raw):
+            if op.name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
+                memo[len(memo) if op.name == "MEMOIZE" else arg] = top  # the stack is unchanged
+                continue
+            top = None
             if op.name == "GLOBAL":
                 names.append(str(arg).replace(" ", "."))
             elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
                 names.append(f"{strings[-2]}.{strings[-1]}")
-            elif isinstance(arg, str) and "UNICODE" in op.name:
-                strings.append(arg)
-            elif op.name in ("BINPUT", "LONG_BINPUT", "PUT") and strings:
-                memo[arg] = strings[-1]
-            elif op.name == "MEMOIZE" and strings:
-                memo[len(memo)] = strings[-1]
-            elif op.name in ("BINGET", "LONG_BINGET", "GET") and arg in memo:
-                strings.append(memo[arg])
-    except Exception:  # noqa: BLE001 - a damaged pickle: report what was read before the damage
+            elif "UNICODE" in op.name and isinstance(arg, str):
+                top = arg
+            elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+                top = memo.get(arg)
+            if isinstance(top, str):
+                strings.append(top)
+    except Exception:  # a damaged pickle: report what was read before the damage
         pass
     return names
 
