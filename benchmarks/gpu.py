@@ -42,13 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         "--compile", action="store_true", help="also time resnet50 bf16 channels_last under torch.compile"
     )
     args = parser.parse_args(argv)
-    if args.device == "auto":
-        if not torch.cuda.is_available():
-            print("benchmarks.gpu: no CUDA device here; skipped (use --device cpu for a smoke run)")
-            return 0
-        args.device = "cuda"
-    device = torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    device = chosen_device(args.device, "benchmarks.gpu")
+    if device is None:
+        return 0
+    name = device_name(device)
     print(f"training throughput on {name}, torch {torch.__version__}")
     header = ROW.format("model", "input", "pipeline", "precision", "layout", "img/s", "vs first")
     print(header)
@@ -109,6 +106,21 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     return 0
+
+
+def chosen_device(flag: str, prog: str) -> torch.device | None:
+    """The device a GPU benchmark runs on: --device as given, or with "auto" CUDA when present;
+    None (and a line saying it is skipped) when "auto" finds no GPU."""
+    if flag != "auto":
+        return torch.device(flag)
+    if not torch.cuda.is_available():
+        print(f"{prog}: no CUDA device here; skipped (use --device cpu for a smoke run)")
+        return None
+    return torch.device("cuda")
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
 
 
 @contextlib.contextmanager

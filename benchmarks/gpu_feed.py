@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from benchmarks.gpu import chosen_device, device_name
 from benchmarks.throughput import measure, synthetic
 from resnetlab.data import load_dataset, make_loader
 from resnetlab.data.augment import Augment
@@ -88,12 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         "--train-size", type=int, default=224, help="its input side in pixels (default: 224, as the loader's)"
     )
     args = parser.parse_args(argv)
-    if args.device == "auto":
-        if not torch.cuda.is_available():
-            print("benchmarks.gpu_feed: no CUDA device here; skipped (use --device cpu for a smoke run)")
-            return 0
-        args.device = "cuda"
-    device = torch.device(args.device)
+    device = chosen_device(args.device, "benchmarks.gpu_feed")
+    if device is None:
+        return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
@@ -110,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         layout="channels_last",
         device=device,
     )
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    name = device_name(device)
     print(
         f"{args.model} bf16 channels_last trains at {need:.0f} img/s on {name} "
         f"(batch {args.batch_size}, {args.train_size} px)"

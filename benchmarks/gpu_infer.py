@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.gpu import chosen_device, device_name
 from resnetlab.export.fold import fold_bn
 from resnetlab.models import create_model
 
@@ -76,16 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=256, help="throughput batch (default: 256)")
     parser.add_argument("--rounds", type=int, default=3, help="compile and time torch.compile when > 1")
     args = parser.parse_args(argv)
-    if args.device == "auto":
-        if not torch.cuda.is_available():
-            print("benchmarks.gpu_infer: no CUDA device here; skipped (use --device cpu for a smoke run)")
-            return 0
-        args.device = "cuda"
-    device = torch.device(args.device)
+    device = chosen_device(args.device, "benchmarks.gpu_infer")
+    if device is None:
+        return 0
     torch.manual_seed(0)
     model = fold_bn(create_model(args.model).eval()).to(device)
     size = 224 if model.family == "imagenet" else 32
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    name = device_name(device)
     print(f"{args.model} inference on {name}, {size} px, torch {torch.__version__}")
     print(f"{'runtime':<34} {'batch 1 ms':>10} {f'batch {args.batch} img/s':>16}")
     repeats = 10 * args.rounds

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from resnetlab.cli import main
+from cli_fixtures import assert_one_line, run
 from resnetlab.errors import Error
 from resnetlab.export import pipeline
 from resnetlab.export.pipeline import ExportOptions, export_model
@@ -24,24 +24,6 @@ from resnetlab.export.runtime import OnnxModel
 from weights_fixtures import Evil
 
 pytestmark = pytest.mark.xdist_group("export")  # one worker: the exporter's warm-up is paid once
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line(capsys, *argv: str, match: str) -> str:
-    """The command exits 2 with exactly one stderr line containing `match`."""
-    code, out, err = run(capsys, *argv)
-    assert code == 2, (out, err)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and match in lines[0], err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

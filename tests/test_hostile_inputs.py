@@ -24,30 +24,13 @@ import safetensors.torch
 import torch
 from PIL import Image
 
-from resnetlab.cli import main
+from cli_fixtures import assert_one_line, run
 from resnetlab.data import download as download_module
 from resnetlab.data.folder import load_folder
 from resnetlab.errors import Error
 from resnetlab.models import create_model
 from resnetlab.weights.formats import read_checkpoint
 from weights_fixtures import Evil, cached_files, entry, isolate_caches, register, tiny, torchvision_file
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line(capsys, *argv: str, match: str) -> str:
-    code, out, err = run(capsys, *argv)
-    assert code == 2, (out, err)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and match in lines[0], err
-    return lines[0]
 
 
 @pytest.fixture
