@@ -277,7 +277,7 @@ class _Scaled(torch.nn.Module):
 @torch.no_grad()  # as the exported runners are
 def test_parity_is_relative_to_the_logits_spread():
     x = torch.randn(16, 8, generator=torch.Generator().manual_seed(1))
-    for scale in (1e-3, 1.0, 1e4, 1e8):
+    for scale in (1e-3, 1.0, 1e4, 1e8, 1e30):  # 1e30: resnet1202's logits at random init
         eager = _Scaled(scale).eval()
         std = float(eager(x).std())
 
@@ -291,6 +291,21 @@ def test_parity_is_relative_to_the_logits_spread():
             return eager(part) * 1.01  # a 1% error
 
         assert not pipeline._parity(wrong, eager, x, [16])["within_tolerance"], scale
+
+
+@torch.no_grad()
+def test_logits_that_overflow_must_overflow_the_same_way():
+    # resnet1202 at random init gives NaN logits in eval mode: the same NaNs pass, others do not
+    x = torch.randn(4, 8, generator=torch.Generator().manual_seed(1))
+    eager = _Scaled(1.0).eval()
+
+    def overflowing(part: torch.Tensor) -> torch.Tensor:
+        logits = eager(part)
+        logits[:, :3] = float("nan")
+        return logits
+
+    assert pipeline._parity(overflowing, overflowing, x, [4])["within_tolerance"]
+    assert not pipeline._parity(eager, overflowing, x, [4])["within_tolerance"]
 
 
 def test_resnet50_with_random_weights_exports(tmp_path, capsys):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -154,7 +155,12 @@ def _parity(runner: nn.Module, eager: nn.Module, x: Tensor, sizes: list[int]) ->
     in batches of each size of `sizes`."""
     with torch.inference_mode():
         ref = eager(x)
-    tolerance = max(PARITY_REL * float(ref.std()) if ref.numel() > 1 else 0.0, PARITY_FLOOR)
+    # Random weights of the deepest nets (resnet1202, preact_resnet1001) overflow in eval mode to
+    # inf/NaN logits: those must come out the same, and the rest is compared in float64.
+    ref64 = ref.double()
+    finite = torch.isfinite(ref64)
+    spread = float(ref64[finite].std()) if int(finite.sum()) > 1 else 0.0
+    tolerance = max(PARITY_REL * spread, PARITY_FLOOR)
     top2 = ref.topk(min(2, ref.shape[1]), dim=1).values
     decided = (
         (top2[:, 0] - top2[:, -1]) > 2 * tolerance
@@ -164,7 +170,10 @@ def _parity(runner: nn.Module, eager: nn.Module, x: Tensor, sizes: list[int]) ->
     worst, agree, agree_decided = 0.0, 1.0, 1.0
     for size in sizes:
         out = torch.cat([runner(part) for part in torch.split(x, size)])
-        worst = max(worst, float((out - ref).abs().max()))
+        out64 = out.double()
+        same_overflow = bool(((out64 == ref64) | (out64.isnan() & ref64.isnan()))[~finite].all())
+        diff = (out64 - ref64).abs()[finite]
+        worst = max(worst, float(diff.max()) if diff.numel() else 0.0, 0.0 if same_overflow else math.inf)
         same = out.argmax(1) == ref.argmax(1)
         agree = min(agree, float(same.float().mean()))
         agree_decided = min(agree_decided, float(same[decided].float().mean()) if decided.any() else 1.0)
@@ -174,6 +183,7 @@ def _parity(runner: nn.Module, eager: nn.Module, x: Tensor, sizes: list[int]) ->
         "within_tolerance": worst <= tolerance,
         "top1_agreement": agree,
         "top1_agreement_decided": agree_decided,
+        "non_finite_logits": int((~finite).sum()),
         "batch_sizes": sizes,
     }
 
