@@ -23,13 +23,17 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # Fashion-MNIST: files already present, else Debian's package (root + apt), else the official download.
+# The fortunes text corpus (the transformer experiment): Debian's package where root + apt, else say so.
 data: $(STAMP)
-	@if [ ! -d /usr/share/datasets/fashion-mnist ] && [ -z "$$RESNETLAB_DATA" ] \
-	    && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  echo "installing Debian's dataset-fashion-mnist"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	@pkgs=""; \
+	if [ ! -d /usr/share/datasets/fashion-mnist ] && [ -z "$$RESNETLAB_DATA" ]; then pkgs="dataset-fashion-mnist"; fi; \
+	if [ ! -f /usr/share/games/fortunes/fortunes ] && [ -z "$$RESNETLAB_DATA" ]; then pkgs="$$pkgs fortunes"; fi; \
+	if [ -n "$$pkgs" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's$$pkgs"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$pkgs >/dev/null; \
 	fi
 	$(PY) -m resnetlab data fashion-mnist
+	@$(PY) -m resnetlab data fortunes || echo "(only the transformer experiment needs the text corpus)"
 
 # Headless Chromium checks the HTML reports in the tests; skipped (and said so) where apt is absent.
 browser:

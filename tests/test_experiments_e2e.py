@@ -41,6 +41,14 @@ TINY: dict[str, list[str]] = {
         "--batch-size", "8", "--seeds", "1", "--methods", "scratch,partial", "--amp", "none",
         "--workers", "1",
     ],
+    "mlp": [
+        "--depths", "1,2", "--width", "8", "--seeds", "1", "--steps", "3", "--batch-size", "8",
+        "--train-subset", "64", "--test-examples", "64", "--measure-batch", "8", "--workers", "1",
+    ],
+    "transformer": [
+        "--depths", "1,2", "--width", "8", "--n-head", "2", "--context", "8", "--seeds", "1", "--steps", "3",
+        "--batch-size", "4", "--eval-windows", "4", "--measure-batch", "4", "--workers", "1",
+    ],
 }  # fmt: skip
 
 

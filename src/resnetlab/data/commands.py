@@ -8,6 +8,7 @@ from pathlib import Path
 from resnetlab.data.datasets import describe, has_split, list_datasets, load_dataset, locate, published
 from resnetlab.data.folder import train_dir
 from resnetlab.data.paths import check_data_dir
+from resnetlab.data.text import CORPUS, load_corpus
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,7 +21,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "when missing; verify its checksums; print its files, sizes and splits."
         ),
     )
-    parser.add_argument("name", metavar="NAME", help=f"one of: {', '.join(list_datasets())}")
+    parser.add_argument(
+        "name",
+        metavar="NAME",
+        help=f"one of: {', '.join(list_datasets())}, {CORPUS} (text), imagefolder:PATH",
+    )
     parser.add_argument(
         "--data-dir",
         metavar="DIR",
@@ -60,8 +65,27 @@ def _report(name: str, data_dir: str | None, header: list[str]) -> None:
         print(line)
 
 
+def _report_corpus(data_dir: str | None) -> None:
+    """The text corpus: where, what release (by sha256), and the split sizes in bytes."""
+    corpus = load_corpus(data_dir)
+    size = sum(len(corpus.split(s)) for s in ("train", "val", "test"))
+    release = corpus.known_as or "not the release resnetlab's figures were measured on"
+    files = f"{len(corpus.files)} files, {corpus.documents:,} documents, {_size(size)}"
+    splits = "  ".join(f"{s}: {len(corpus.split(s)):,} bytes" for s in ("train", "val", "test"))
+    for line in (
+        f"{CORPUS}: {corpus.folder} ({files})",
+        f"sha256 {corpus.sha256} ({release})",
+        f"{splits} (split by document: every 20th to val, the next to test)",
+        "vocabulary: 256 byte values",
+    ):
+        print(line)
+
+
 def run(args: argparse.Namespace) -> int:
     check_data_dir(args.data_dir)
+    if args.name == CORPUS:
+        _report_corpus(args.data_dir)
+        return 0
     if args.name.startswith("imagefolder:"):
         root = Path(args.name.removeprefix("imagefolder:")).expanduser()
         if not train_dir(root):

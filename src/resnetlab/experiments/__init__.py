@@ -7,10 +7,12 @@
     landscape    [Li18]            loss along filter-normalised random directions
     shattered    [Balduzzi17]      input-gradient autocorrelation along a 1-D input grid
     transfer     [Yosinski14]-style  pretrain on 5 classes, fine-tune on the other 5 from k labels each
+    mlp          beyond the convnet: plain vs residual MLPs (depth, rank collapse [Dong21], ReZero)
+    transformer  beyond the convnet: plain vs residual byte-level GPTs on English text
 
 Every module has a config dataclass, `PRESETS` ("quick": minutes on a CPU with Fashion-MNIST;
-"paper": the paper's setting for a GPU and CIFAR-10; transfer, which reproduces no paper
-figure, has "full" instead) and `run(cfg, run_dir) -> Outcome`.
+"paper": the paper's setting for a GPU and CIFAR-10; transfer, mlp and transformer, which
+reproduce no paper figure, have "full" instead) and `run(cfg, run_dir) -> Outcome`.
 `run_experiment` adds the run directory: results.json, the PNG figures and report.html.
 """
 
@@ -24,14 +26,25 @@ from types import ModuleType
 from typing import Any
 
 from resnetlab.errors import Error
-from resnetlab.experiments import degradation, gradients, landscape, lesion, responses, shattered, transfer
+from resnetlab.experiments import (
+    degradation,
+    gradients,
+    landscape,
+    lesion,
+    mlp,
+    responses,
+    shattered,
+    transfer,
+    transformer,
+)
 from resnetlab.experiments.config import command_for, validated
 from resnetlab.experiments.record import RESULTS_FILE, RunRecord, provenance
 from resnetlab.experiments.report import write_run_report
 from resnetlab.train.distributed import resolve_device
 
 EXPERIMENTS: dict[str, ModuleType] = {
-    m.NAME: m for m in (degradation, gradients, responses, lesion, landscape, shattered, transfer)
+    m.NAME: m
+    for m in (degradation, gradients, responses, lesion, landscape, shattered, transfer, mlp, transformer)
 }
 
 

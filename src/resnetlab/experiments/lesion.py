@@ -88,25 +88,29 @@ class Deleted(nn.Module):
         return self.block.shortcut(x)
 
 
+def _parents(model: nn.Module) -> dict[int, tuple[nn.Module, str]]:
+    """(parent module, attribute name) of every submodule, by id: a block's place in any net,
+    a ResNet stage (`layer2.3`) or a transformer layer (`h.0.attn`) alike."""
+    return {
+        id(child): (parent, name) for parent in model.modules() for name, child in parent.named_children()
+    }
+
+
 @contextmanager
 def lesioned(model: nn.Module, indices: Sequence[int]) -> Iterator[nn.Module]:
     """`model` with the blocks at `indices` (positions in `model.blocks()`) deleted; restored on exit."""
-    where = {
-        id(block): (getattr(model, name), j)
-        for name in model.stage_names
-        for j, block in enumerate(getattr(model, name))
-    }
+    where = _parents(model)
     blocks = model.blocks()
     swapped = []
     try:
         for i in indices:
-            stage, j = where[id(blocks[i])]
-            swapped.append((stage, j, blocks[i]))
-            stage[j] = Deleted(blocks[i])
+            parent, name = where[id(blocks[i])]
+            swapped.append((parent, name, blocks[i]))
+            setattr(parent, name, Deleted(blocks[i]))
         yield model
     finally:
-        for stage, j, block in reversed(swapped):
-            stage[j] = block
+        for parent, name, block in reversed(swapped):
+            setattr(parent, name, block)
 
 
 @torch.no_grad()

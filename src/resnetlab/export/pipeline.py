@@ -32,6 +32,7 @@ from resnetlab.export.fold import count_bn, fold_bn
 from resnetlab.export.runtime import OnnxModel, ProgramModel, require_extra
 from resnetlab.export.sidecar import sha256_file, sidecar_bytes, sidecar_path, write_atomic
 from resnetlab.models import create_model, list_models
+from resnetlab.models.gpt import LANGUAGE_MODELS
 
 FORMATS = {"onnx": ".onnx", "pt2": ".pt2"}
 # Allowed max |exported - eager| as a fraction of the eager logits' std. An absolute bound
@@ -84,9 +85,14 @@ def load_source(source: str, device: str = "cpu") -> tuple[nn.Module, dict[str, 
     from resnetlab.train.checkpoint import load_model
 
     if not Path(source).exists() and source in list_models():
+        if source in LANGUAGE_MODELS:
+            raise Error(f"{source} is a byte-level language model; export takes image classifiers")
         torch.manual_seed(0)
         model = create_model(source).eval()
-        defaults = _IMAGENET if getattr(model, "family", "imagenet") == "imagenet" else _CIFAR
+        family = getattr(model, "family", "imagenet")
+        defaults = _IMAGENET if family == "imagenet" else _CIFAR
+        if family == "mlp":  # a fixed input size: the one it was built for
+            defaults = {**_CIFAR, "image_size": model.image_size, "resize_size": model.image_size}
         meta = {
             "model": source,
             "model_kwargs": {},

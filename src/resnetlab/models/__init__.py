@@ -1,5 +1,5 @@
 """The model zoo: every ResNet of [He15, He16, Zagoruyko16], ResNeXt [Xie17], ResNet-D [He19],
-and each one's plain twin.
+a residual MLP and a byte-level GPT, and each one's plain twin.
 
 >>> from resnetlab.models import create_model
 >>> model = create_model("resnet56", in_chans=1)  # Fashion-MNIST
@@ -14,11 +14,13 @@ from typing import TYPE_CHECKING, Any
 # load, and `resnetlab models` prints its table from model_table.json without it.
 _EXPORTS = {
     "BasicBlock": "resnetlab.models.blocks",
+    "GPT": "resnetlab.models.gpt",
     "Bottleneck": "resnetlab.models.blocks",
     "PreActBasicBlock": "resnetlab.models.blocks",
     "PreActBottleneck": "resnetlab.models.blocks",
     "ResNet": "resnetlab.models.resnet",
     "ResNetOptions": "resnetlab.models.options",
+    "ResidualMLP": "resnetlab.models.mlp",
     "cifar_resnet": "resnetlab.models.resnet",
     "create_model": "resnetlab.models.registry",
     "list_models": "resnetlab.models.registry",
@@ -26,12 +28,14 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "GPT",
     "BasicBlock",
     "Bottleneck",
     "PreActBasicBlock",
     "PreActBottleneck",
     "ResNet",
     "ResNetOptions",
+    "ResidualMLP",
     "cifar_resnet",
     "create_model",
     "list_models",
@@ -40,6 +44,8 @@ __all__ = [
 
 if TYPE_CHECKING:
     from resnetlab.models.blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck
+    from resnetlab.models.gpt import GPT
+    from resnetlab.models.mlp import ResidualMLP
     from resnetlab.models.options import ResNetOptions
     from resnetlab.models.registry import create_model, list_models, register_model
     from resnetlab.models.resnet import ResNet, cifar_resnet

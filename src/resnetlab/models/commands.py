@@ -58,7 +58,7 @@ def format_table(rows: list[ModelSummary]) -> str:
             s.shortcut,
             f"{s.params:,}",
             _si(s.macs),
-            f"{s.input_size}px",
+            f"{s.input_size}B" if s.family == "gpt" else f"{s.input_size}px",  # bytes of context
             s.paper,
         )
         for s in rows

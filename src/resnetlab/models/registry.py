@@ -24,6 +24,8 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
 
 def _load_builtins() -> None:
     """Import the built-in builders, which register themselves; deferred to the first lookup."""
+    import resnetlab.models.gpt  # noqa: F401
+    import resnetlab.models.mlp  # noqa: F401
     import resnetlab.models.resnet  # noqa: F401
 
 

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from resnetlab.models.gpt import GPT
+from resnetlab.models.mlp import ResidualMLP
 from resnetlab.models.registry import create_model, list_models
 from resnetlab.models.resnet import ResNet
 from resnetlab.models.table import PAPER_FIGURES, TABLE_FILE, ModelSummary, load_table, table_json
@@ -29,12 +31,13 @@ _NAMED_DEPTH = {"wrn28_10": 28, "wrn40_4": 40}
 NATIVE_SIZE = {"cifar": 32, "imagenet": 224}  # input height = width, in pixels
 
 
-def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Multiply-accumulates of one forward pass (convs and FC; norms and adds are not counted,
-    as in torchvision's tables): torch's FLOP counter halved, since it counts 2 per MAC."""
+def count_macs(model: nn.Module, input_shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> int:
+    """Multiply-accumulates of one forward pass (convs, linears and attention's matmuls; norms
+    and adds are not counted, as in torchvision's tables): torch's FLOP counter halved, since it
+    counts 2 per MAC. `dtype` int64 feeds token ids (the GPT)."""
     device = next(model.parameters()).device
     with FlopCounterMode(display=False) as counter:
-        model(torch.zeros(input_shape, device=device))
+        model(torch.zeros(input_shape, device=device, dtype=dtype))
     return counter.get_total_flops() // 2
 
 
@@ -54,9 +57,10 @@ def summarize(name: str) -> ModelSummary:
     """Build `name` with default arguments on the meta device (no memory, no init) and measure it."""
     with torch.device("meta"):
         model = create_model(name)
+        if not isinstance(model, ResNet):
+            return _summarize_sequence(name, model)
         # MACs on the norm-free twin: the counter skips norms anyway, and meta-device BN is slow.
         bare = create_model(name, norm="none").eval()
-    assert isinstance(model, ResNet)
     size = NATIVE_SIZE[model.family]
     kind = "bottleneck" if model.blocks()[0].expansion > 1 else "basic"
     block = f"preact-{kind}" if model.preact else kind
@@ -74,6 +78,35 @@ def summarize(name: str) -> ModelSummary:
         shortcut=model.shortcut_type + ("-avg" if model.avg_down else ""),
         params=sum(p.numel() for p in model.parameters()),
         macs=count_macs(bare, (1, model.in_chans, size, size)),
+        input_size=size,
+        paper=PAPER_FIGURES.get(name, ""),
+    )
+
+
+def _summarize_sequence(name: str, model: nn.Module) -> ModelSummary:
+    """The row of a residual MLP or GPT: depth counts residual units' layers as [He15] counts
+    convs (two linears per MLP unit; attention's qkv and projection per attention unit), plus
+    the input layer and the head. MACs for one image (MLP) or one full context of bytes (GPT)."""
+    if isinstance(model, ResidualMLP):
+        shape, dtype, size = (
+            (1, model.in_chans, model.image_size, model.image_size),
+            torch.float32,
+            model.image_size,
+        )
+        block = "preln-mlp"
+    else:
+        assert isinstance(model, GPT)
+        shape, dtype, size = (1, model.context), torch.int64, model.context
+        block = "preln-attn+mlp"
+    return ModelSummary(
+        name=name,
+        family=model.family,
+        depth=2 * len(model.blocks()) + 2,
+        block=block,
+        stem="linear" if model.family == "mlp" else "embed",
+        shortcut="identity" if model.has_shortcut else "none",
+        params=sum(p.numel() for p in model.parameters()),
+        macs=count_macs(model, shape, dtype),
         input_size=size,
         paper=PAPER_FIGURES.get(name, ""),
     )

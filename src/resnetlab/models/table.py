@@ -49,20 +49,21 @@ PAPER_FIGURES: dict[str, str] = {
     "wide_resnet50_2": "top-1 acc 78.468% 1-crop [torchvision V1]",
     "wide_resnet101_2": "top-1 acc 78.848% 1-crop [torchvision V1]",
     "resnet50d": "top-1 ~+1% over ResNet-50 [He19]",
+    "gpt": "Shakespeare val 1.88 nats/char, 4x128 ctx 64 [nanoGPT]",
 }
 
 
 @dataclass(frozen=True)
 class ModelSummary:
     name: str
-    family: str  # "cifar" or "imagenet"
+    family: str  # "cifar", "imagenet", "mlp" (flattened images) or "gpt" (bytes)
     depth: int
     block: str  # "basic", "bottleneck", "preact-basic" or "preact-bottleneck"; "-32x4d": groups x width
     stem: str  # "3x3" (CIFAR), "7x7" (ImageNet) or "deep" (three 3x3 convs, ResNet-D)
     shortcut: str  # "A", "B", "C" or "none"; "-avg" = average-pool projections (ResNet-D)
     params: int
     macs: int  # multiply-accumulates of one image at the native input size
-    input_size: int  # pixels
+    input_size: int  # pixels; bytes of context for "gpt"
     paper: str  # the paper's figure, "" where there is none
 
 

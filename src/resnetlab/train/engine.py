@@ -51,6 +51,7 @@ from resnetlab.data.augment import resize
 from resnetlab.data.folder import MAX_VAL_FRACTION
 from resnetlab.errors import Error
 from resnetlab.models import create_model
+from resnetlab.models.gpt import LANGUAGE_MODELS
 from resnetlab.models.registry import get_builder
 from resnetlab.train.checkpoint import (
     EMA_FILE,
@@ -160,6 +161,11 @@ def _check_runtime(cfg: TrainConfig, model: nn.Module | None, runtime: Runtime) 
     world = runtime.world_size
     if model is None:
         get_builder(cfg.model)  # an unknown model name fails now, not after the data is read
+        if cfg.model in LANGUAGE_MODELS:
+            raise Error(
+                f"{cfg.model} is a byte-level language model and `resnetlab train` trains image "
+                "classifiers; `resnetlab experiment transformer` trains it on text"
+            )
     if cfg.batch_size % world or cfg.eval_batch_size % world:
         raise Error(f"--batch-size and --eval-batch-size are global and must divide by the {world} ranks")
     if cfg.amp == "fp16" and runtime.device.type != "cuda":

@@ -38,9 +38,10 @@ def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     return w.to(weight.dtype)
 
 
-def first_conv(model: nn.Module) -> str:
-    """State-dict key of the first conv's kernel (conv1.weight; conv1.0.weight in a deep stem)."""
-    return next(k for k, v in model.state_dict().items() if v.ndim == 4)
+def first_conv(model: nn.Module) -> str | None:
+    """State-dict key of the first conv's kernel (conv1.weight; conv1.0.weight in a deep stem);
+    None for a net without convolutions (the residual MLP)."""
+    return next((k for k, v in model.state_dict().items() if v.ndim == 4), None)
 
 
 def fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor], label: str, name: str) -> list[str]:
@@ -51,7 +52,12 @@ def fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor], label: str,
     state = dict(state)
     notes = []
     stem = first_conv(model)
-    if stem in state and state[stem].ndim == 4 and state[stem].shape[1] != target[stem].shape[1]:
+    if (
+        stem is not None
+        and stem in state
+        and state[stem].ndim == 4
+        and state[stem].shape[1] != target[stem].shape[1]
+    ):
         have = state[stem].shape[1]
         state[stem] = adapt_input_conv(state[stem], target[stem].shape[1])
         notes.append(f"{label}: first conv adapted from {have} to {target[stem].shape[1]} input channels")
