@@ -329,7 +329,19 @@ def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
         "--val-size",
         "32",
     ]
-    argv = ["train", *flags, "--batch-size", "32", "--max-steps", "2", "--device", "cpu", "--no-progress"]
+    argv = [
+        "train",
+        *flags,
+        "--batch-size",
+        "32",
+        "--max-steps",
+        "2",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--amp",
+        "none",
+    ]
     assert main([*argv, "--out", str(root / "run")]) == 0
     image = root / "shoe.png"
     Image.fromarray(load_dataset("fashion-mnist", "test").images[0, 0].numpy()).save(image)
