@@ -45,6 +45,10 @@ TINY: dict[str, list[str]] = {
         "--depths", "1,2", "--width", "8", "--seeds", "1", "--steps", "3", "--batch-size", "8",
         "--train-subset", "64", "--test-examples", "64", "--measure-batch", "8", "--workers", "1",
     ],
+    "identity": [
+        "--shallow-steps", "3", "--steps", "2", "--seeds", "1", "--train-subset", "96",
+        "--eval-examples", "32", "--log-points", "2", "--workers", "1",
+    ],
     "transformer": [
         "--depths", "1,2", "--width", "8", "--n-head", "2", "--context", "8", "--seeds", "1", "--steps", "3",
         "--batch-size", "4", "--eval-windows", "4", "--measure-batch", "4", "--workers", "1",

@@ -9,10 +9,11 @@
     transfer     [Yosinski14]-style  pretrain on 5 classes, fine-tune on the other 5 from k labels each
     mlp          beyond the convnet: plain vs residual MLPs (depth, rank collapse [Dong21], ReZero)
     transformer  beyond the convnet: plain vs residual byte-level GPTs on English text
+    identity     [He15 §1]         a trained shallow net deepened with zero-init, default and identity blocks
 
 Every module has a config dataclass, `PRESETS` ("quick": minutes on a CPU with Fashion-MNIST;
-"paper": the paper's setting for a GPU and CIFAR-10; transfer, mlp and transformer, which
-reproduce no paper figure, have "full" instead) and `run(cfg, run_dir) -> Outcome`.
+"paper": the paper's setting for a GPU and CIFAR-10; transfer, mlp, transformer and identity,
+which reproduce no paper figure, have "full" instead) and `run(cfg, run_dir) -> Outcome`.
 `run_experiment` adds the run directory: results.json, the PNG figures and report.html.
 """
 
@@ -29,6 +30,7 @@ from resnetlab.errors import Error
 from resnetlab.experiments import (
     degradation,
     gradients,
+    identity,
     landscape,
     lesion,
     mlp,
@@ -44,7 +46,18 @@ from resnetlab.train.distributed import resolve_device
 
 EXPERIMENTS: dict[str, ModuleType] = {
     m.NAME: m
-    for m in (degradation, gradients, responses, lesion, landscape, shattered, transfer, mlp, transformer)
+    for m in (
+        degradation,
+        gradients,
+        responses,
+        lesion,
+        landscape,
+        shattered,
+        transfer,
+        mlp,
+        transformer,
+        identity,
+    )
 }
 
 

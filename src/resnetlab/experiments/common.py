@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+import multiprocessing
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,39 @@ log = logging.getLogger("resnetlab.experiments")
 
 ARCHS = ("plain", "resnet")  # the twins: same layers, with and without shortcuts [He15 §4.2]
 Batches = list[tuple[Tensor, Tensor]]
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def run_parallel(
+    fn: Callable[..., Any],
+    jobs: Sequence[tuple],
+    *,
+    device: torch.device,
+    workers: int,
+    cost: Callable[[tuple], float],
+) -> list[Any]:
+    """[fn(*job) for job in jobs], in job order. On the CPU in `workers` spawned processes of one
+    thread each (0: one per core): small nets use two cores better this way than one two-thread
+    run, and the numbers do not depend on the core count. Costliest jobs first (by `cost`), so
+    the workers finish together. One worker, or a GPU, runs them here in turn (one thread on the CPU)."""
+    workers = min(workers or os.cpu_count() or 1, len(jobs))
+    if device.type != "cpu":
+        return [fn(*job) for job in jobs]
+    if workers <= 1:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # the same numbers as in a worker process
+        try:
+            return [fn(*job) for job in jobs]
+        finally:
+            torch.set_num_threads(threads)
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=spawn, initializer=_one_thread) as pool:
+        order = sorted(range(len(jobs)), key=lambda i: -cost(jobs[i]))
+        futures = {i: pool.submit(fn, *jobs[i]) for i in order}
+        return [futures[i].result() for i in range(len(jobs))]
 
 
 def twin(arch: str, depth: int, **kwargs: Any) -> tuple[str, dict[str, Any]]:

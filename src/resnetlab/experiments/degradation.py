@@ -25,10 +25,7 @@ Writes: results.json (every curve of every seed), degradation.png, report.html.
 from __future__ import annotations
 
 import math
-import multiprocessing
-import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +40,7 @@ from resnetlab.experiments.common import (
     fixed_batches,
     label,
     log,
+    run_parallel,
     save_figure,
     train_twin,
 )
@@ -137,23 +135,12 @@ def train_one(cfg: DegradationConfig, seed: int, arch: str, depth: int) -> dict:
     }
 
 
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
 def run(cfg: DegradationConfig, run_dir: Path) -> Outcome:
     jobs = [(seed, arch, depth) for seed in range(cfg.seed, cfg.seed + cfg.seeds) for arch in ARCHS
             for depth in cfg.depths]  # fmt: skip
-    if resolve_device(cfg.device).type == "cpu":
-        # One thread per training, `workers` trainings at a time: small convs use two cores better
-        # this way than one two-thread training, and the numbers do not depend on the core count.
-        workers = min(cfg.workers or os.cpu_count() or 1, len(jobs))
-        spawn = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=spawn, initializer=_one_thread) as pool:
-            futures = [pool.submit(train_one, cfg, *job) for job in jobs]
-            runs = [_logged(f.result()) for f in futures]
-    else:
-        runs = [_logged(train_one(cfg, *job)) for job in jobs]
+    device = resolve_device(cfg.device)
+    runs = run_parallel(train_one, [(cfg, *job) for job in jobs], device=device, workers=cfg.workers)
+    runs = [_logged(run) for run in runs]
     summary = summarize(runs, cfg)
     results = {"test_examples": runs[0]["test_examples"], "runs": runs, "summary": summary}
     return Outcome(

@@ -30,18 +30,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import multiprocessing
-import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from matplotlib.figure import Figure as MplFigure
 
 from resnetlab.data import load_dataset, make_loader, select_classes
-from resnetlab.experiments.common import evaluate, log, save_figure, stack
+from resnetlab.experiments.common import evaluate, log, run_parallel, save_figure, stack
 from resnetlab.experiments.config import require
 from resnetlab.experiments.record import Figure, Outcome, Table
 from resnetlab.train import TrainResult, fit, get_recipe
@@ -208,10 +204,6 @@ def _fit_one(
     )
 
 
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
 def run(cfg: TransferConfig, run_dir: Path) -> Outcome:
     if cfg.source is None:
         log.info("transfer: pretraining on classes %s", ",".join(map(str, cfg.source_classes)))
@@ -219,15 +211,9 @@ def run(cfg: TransferConfig, run_dir: Path) -> Outcome:
     else:
         source = cfg.source
     jobs = [(m, k, s) for m in cfg.methods for k in cfg.shots for s in range(cfg.seed, cfg.seed + cfg.seeds)]
-    if resolve_device(cfg.device).type == "cpu":
-        # One thread per run, `workers` runs at a time, as in the degradation experiment.
-        workers = min(cfg.workers or os.cpu_count() or 1, len(jobs))
-        spawn = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=spawn, initializer=_one_thread) as pool:
-            futures = [pool.submit(train_one, cfg, source, *job) for job in jobs]
-            runs = [_logged(f.result()) for f in futures]
-    else:
-        runs = [_logged(train_one(cfg, source, *job)) for job in jobs]
+    device = resolve_device(cfg.device)
+    runs = run_parallel(train_one, [(cfg, source, *job) for job in jobs], device=device, workers=cfg.workers)
+    runs = [_logged(run) for run in runs]
     summary = summarize(runs, cfg)
     return Outcome(
         results={"source": cfg.source or "pretrain", "runs": runs, "summary": summary},

@@ -15,18 +15,15 @@ and the same batches:
      spread), or at the largest depth if it never does. It trains beside the twins at the
      largest depth, and again at a smaller one only if the plain twin fails there alone.
 
-On the CPU the trainings run in parallel processes of one thread each (`workers`), as in the
-degradation experiment.
+On the CPU the trainings run in parallel processes of one thread each (`workers`, see
+`common.run_parallel`).
 """
 
 from __future__ import annotations
 
 import math
-import multiprocessing
-import os
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -35,7 +32,7 @@ import torch
 from matplotlib.figure import Figure as MplFigure
 from torch import Tensor, nn
 
-from resnetlab.experiments.common import depth_colors, log, save_figure
+from resnetlab.experiments.common import depth_colors, log, run_parallel, save_figure
 from resnetlab.experiments.config import require
 from resnetlab.experiments.measures import effective_rank, rank1_distance, unit_gradient_norms
 from resnetlab.experiments.record import Figure, Outcome, Table
@@ -190,10 +187,6 @@ def train_arm(factory: TaskFactory, cfg: Any, arm: Arm, depth: int, seed: int) -
     }
 
 
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
 def _logged(run: dict) -> dict:
     arm = Arm(run["arch"], run["norm"], run["branch_scale"])
     log.info(
@@ -204,16 +197,16 @@ def _logged(run: dict) -> dict:
 
 
 def _train_all(factory: TaskFactory, cfg: Any, jobs: list[tuple[Arm, int, int]]) -> list[dict]:
-    """Every job's run, in job order."""
-    workers = min(cfg.workers or os.cpu_count() or 1, len(jobs))
-    if resolve_device(cfg.device).type != "cpu" or workers == 1:
-        return [_logged(train_arm(factory, cfg, *job)) for job in jobs]
-    spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=spawn, initializer=_one_thread) as pool:
-        # Deepest first, so that the workers finish together.
-        order = sorted(range(len(jobs)), key=lambda i: -jobs[i][1])
-        futures = {i: pool.submit(train_arm, factory, cfg, *jobs[i]) for i in order}
-        return [_logged(futures[i].result()) for i in range(len(jobs))]
+    """Every job's run, in job order; the deepest first."""
+    device = resolve_device(cfg.device)
+    runs = run_parallel(
+        train_arm,
+        [(factory, cfg, *job) for job in jobs],
+        device=device,
+        workers=cfg.workers,
+        cost=lambda j: j[3],
+    )
+    return [_logged(run) for run in runs]
 
 
 @torch.no_grad()
