@@ -39,12 +39,13 @@ def run_parallel(
     *,
     device: torch.device,
     workers: int,
-    cost: Callable[[tuple], float],
+    cost: Callable[[tuple], float] | None = None,
 ) -> list[Any]:
     """[fn(*job) for job in jobs], in job order. On the CPU in `workers` spawned processes of one
     thread each (0: one per core): small nets use two cores better this way than one two-thread
-    run, and the numbers do not depend on the core count. Costliest jobs first (by `cost`), so
-    the workers finish together. One worker, or a GPU, runs them here in turn (one thread on the CPU)."""
+    run, and the numbers do not depend on the core count. Costliest jobs first (by `cost`, if
+    given), so the workers finish together. One worker, or a GPU, runs them here in turn (one
+    thread on the CPU)."""
     workers = min(workers or os.cpu_count() or 1, len(jobs))
     if device.type != "cpu":
         return [fn(*job) for job in jobs]
@@ -57,7 +58,7 @@ def run_parallel(
             torch.set_num_threads(threads)
     spawn = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=spawn, initializer=_one_thread) as pool:
-        order = sorted(range(len(jobs)), key=lambda i: -cost(jobs[i]))
+        order = sorted(range(len(jobs)), key=lambda i: -cost(jobs[i])) if cost else range(len(jobs))
         futures = {i: pool.submit(fn, *jobs[i]) for i in order}
         return [futures[i].result() for i in range(len(jobs))]
 
