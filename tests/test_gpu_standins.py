@@ -400,3 +400,15 @@ def test_bf16_on_a_pre_ampere_gpu_warns_once(capability, warned, monkeypatch, ca
     assert err.count("Tesla V100-SXM2-16GB (compute capability") == warned
     assert ("use --amp fp16" in err) == warned
     precision._warn_if_bf16_is_emulated.cache_clear()
+
+
+@pytest.mark.parametrize(("native", "warned"), [(False, True), (True, False)])
+def test_bf16_on_a_cpu_without_native_bf16_warns_once(native, warned, monkeypatch, capsys):
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
+    precision._warn_once_cpu_bf16_is_emulated.cache_clear()
+    for _ in range(2):
+        with precision.autocast(CPU, "bf16"):
+            pass
+    err = capsys.readouterr().err
+    assert err.count("no native bf16") == (1 if warned else 0)
+    precision._warn_once_cpu_bf16_is_emulated.cache_clear()

@@ -19,6 +19,8 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
     if amp == "bf16":
         if device.type == "cuda":
             _warn_if_bf16_is_emulated(torch.cuda.current_device() if device.index is None else device.index)
+        elif device.type == "cpu" and not cpu_has_native_bf16():
+            _warn_once_cpu_bf16_is_emulated()
         return torch.autocast(device.type, dtype=torch.bfloat16)
     if amp == "fp16" and device.type != "cuda":
         raise Error("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
@@ -30,6 +32,26 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
 def grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
     """Loss scaling keeps small fp16 gradients from flushing to zero; bf16 has fp32's range and needs none."""
     return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bf16 convs and matmuls natively here (AVX512-BF16 or AMX); without
+    them bf16 autocast is emulated: 7.6x slower than fp32 for a small ResNet on a 2-core AMD EPYC
+    with AVX2 only (109.6 s against 14.4 s). True where the check itself is not available."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return True
+
+
+@functools.cache
+def _warn_once_cpu_bf16_is_emulated() -> None:
+    if os.environ.get("RANK", "0") == "0":
+        print(
+            "resnetlab: warning: this CPU has no native bf16 (AVX512-BF16 or AMX), so --amp bf16 runs "
+            "emulated, several times slower than --amp none",
+            file=sys.stderr,
+        )
 
 
 @functools.cache
