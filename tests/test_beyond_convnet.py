@@ -426,3 +426,16 @@ def test_the_residual_mlp_trains_and_evaluates_through_the_image_commands(
     assert main(argv) == 0
     assert main(["eval", str(run), "--device", "cpu"]) == 0
     assert "top-1" in capsys.readouterr().out
+
+
+def test_a_corpus_too_small_to_split_or_foreign_bytes_are_handled(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Three documents leave val and test empty: one line. Arbitrary bytes are text to a byte model."""
+    folder = tmp_path / "fortunes"
+    folder.mkdir()
+    (folder / "fortunes").write_bytes(b"one\n%\ntwo\n%\nthree\n")
+    assert_one_line(capsys, "data", "fortunes", "--data-dir", str(tmp_path), match="holds too little text")
+    (folder / "fortunes").write_bytes(b"\n%\n".join(bytes([i % 256, 0, 255]) * 7 for i in range(40)))
+    corpus = load_corpus(tmp_path)
+    assert corpus.documents == 40 and corpus.train.dtype == torch.uint8 and int(corpus.train.max()) == 255

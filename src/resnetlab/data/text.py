@@ -124,12 +124,10 @@ def load_corpus(data_dir: str | os.PathLike | None = None) -> TextCorpus:
         for doc in split_documents(text):
             by_split[split_of(index)].append(doc)
             index += 1
-    splits = {
-        s: torch.frombuffer(bytearray(SEPARATOR.join(docs)), dtype=torch.uint8)
-        for s, docs in by_split.items()
-    }
-    if any(len(t) < 2 for t in splits.values()):
+    joined = {s: SEPARATOR.join(docs) for s, docs in by_split.items()}
+    if any(len(text) < 2 for text in joined.values()):  # every split needs a document
         raise Error(f"{folder} holds too little text ({index} documents); it needs at least {VAL_EVERY}")
+    splits = {s: torch.frombuffer(bytearray(text), dtype=torch.uint8) for s, text in joined.items()}
     return TextCorpus(folder, tuple(p.name for p in files), index, digest.hexdigest(), **splits)
 
 
