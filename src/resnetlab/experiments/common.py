@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
@@ -140,6 +141,36 @@ def build_twin(
     name, options = twin(arch, depth, **kwargs)
     torch.manual_seed(seed)
     return create_model(name, num_classes=num_classes, in_chans=in_chans, **options)
+
+
+class InMemoryImages:
+    """A training split, or `train_subset` of its images chosen by `subset_seed`, normalised once
+    and kept on `device` as x (N, C, H, W) float32 and y (N,) int64. Batches are drawn with
+    replacement from (seed, step) alone, so a run restarted at any step sees the same batches."""
+
+    def __init__(
+        self,
+        data: str,
+        *,
+        data_dir: str | None,
+        train_subset: int | None,
+        subset_seed: int,
+        device: torch.device,
+    ) -> None:
+        train = load_dataset(data, "train", data_dir=data_dir)
+        if train_subset is not None and train_subset < len(train):
+            g = torch.Generator().manual_seed(subset_seed)
+            train = train.subset(torch.randperm(len(train), generator=g)[:train_subset].sort().values)
+        self.num_classes, self.in_chans, self.image_size = train.num_classes, train.in_chans, train.image_size
+        mean = torch.tensor(train.mean).view(1, -1, 1, 1)
+        std = torch.tensor(train.std).view(1, -1, 1, 1)
+        self.x = ((train.images.float() / 255 - mean) / std).to(device)
+        self.y = train.labels.to(device)
+
+    def batch(self, seed: int, step: int, size: int) -> tuple[Tensor, Tensor]:
+        idx = np.random.default_rng([seed, step]).integers(0, len(self.y), size=size)
+        idx_t = torch.from_numpy(idx).to(self.y.device)
+        return self.x[idx_t], self.y[idx_t]
 
 
 def fixed_batches(

@@ -43,8 +43,7 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure as MplFigure
 from torch import Tensor, nn
 
-from resnetlab.data import load_dataset
-from resnetlab.experiments.common import log, run_parallel, save_figure
+from resnetlab.experiments.common import InMemoryImages, log, run_parallel, save_figure
 from resnetlab.experiments.config import require
 from resnetlab.experiments.record import Figure, Outcome, Table
 from resnetlab.models import ResNet, create_model
@@ -171,27 +170,19 @@ def distances_from_identity(model: ResNet, blocks: list[nn.Module], x: Tensor) -
 # ----------------------------------------------------------------- data and training
 
 
-class Images:
-    """The training images, normalised once and kept in memory; batches drawn from (seed, step)."""
+class Images(InMemoryImages):
+    """The training images (one subset for every seed and arm) and the fixed first `eval_examples`
+    of them that the training error is measured on."""
 
     def __init__(self, cfg: IdentityConfig, device: torch.device) -> None:
-        train = load_dataset(cfg.data, "train", data_dir=cfg.data_dir)
-        if cfg.train_subset is not None and cfg.train_subset < len(train):
-            g = torch.Generator().manual_seed(cfg.seed)  # one subset for every seed and arm
-            train = train.subset(torch.randperm(len(train), generator=g)[: cfg.train_subset].sort().values)
-        mean = torch.tensor(train.mean).view(1, -1, 1, 1)
-        std = torch.tensor(train.std).view(1, -1, 1, 1)
-        self.x = ((train.images.float() / 255 - mean) / std).to(device)
-        self.y = train.labels.to(device)
-        self.num_classes, self.in_chans = train.num_classes, train.in_chans
-        n = min(cfg.eval_examples, len(self.y))
-        self.eval_x, self.eval_y = self.x[:n], self.y[:n]
-        self.batch_size = cfg.batch_size
-
-    def batch(self, seed: int, step: int) -> tuple[Tensor, Tensor]:
-        idx = np.random.default_rng([seed, step]).integers(0, len(self.y), size=self.batch_size)
-        idx_t = torch.from_numpy(idx).to(self.y.device)
-        return self.x[idx_t], self.y[idx_t]
+        super().__init__(
+            cfg.data,
+            data_dir=cfg.data_dir,
+            train_subset=cfg.train_subset,
+            subset_seed=cfg.seed,
+            device=device,
+        )
+        self.eval_x, self.eval_y = self.x[: cfg.eval_examples], self.y[: cfg.eval_examples]
 
 
 @torch.no_grad()
@@ -221,7 +212,7 @@ def sgd_steps(
     records = [measure(model, 0)] if measure else []
     for step in range(1, steps + 1):
         model.train()
-        x, y = images.batch(seed, first + step - 1)
+        x, y = images.batch(seed, first + step - 1, cfg.batch_size)
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -19,13 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from resnetlab.data import load_dataset
-from resnetlab.experiments.common import evaluate, fixed_batches
+from resnetlab.experiments.common import InMemoryImages, evaluate, fixed_batches
 from resnetlab.experiments.config import require
 from resnetlab.experiments.record import Outcome
 from resnetlab.experiments.twins import TwinsConfig, run_twins
@@ -79,15 +77,14 @@ class ImageTask:
 
     def __init__(self, cfg: MLPConfig, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
-        train = load_dataset(cfg.data, "train", data_dir=cfg.data_dir)
-        if cfg.train_subset is not None and cfg.train_subset < len(train):
-            g = torch.Generator().manual_seed(cfg.seed)  # one subset for every arm and seed
-            train = train.subset(torch.randperm(len(train), generator=g)[: cfg.train_subset].sort().values)
-        self.in_chans, self.image_size, self.num_classes = train.in_chans, train.image_size, train.num_classes
-        mean = torch.tensor(train.mean).view(1, -1, 1, 1)
-        std = torch.tensor(train.std).view(1, -1, 1, 1)
-        self.images = ((train.images.float() / 255 - mean) / std).to(device)  # (N, C, H, W), normalised once
-        self.labels = train.labels.to(device)
+        # One subset for every arm and seed.
+        self.train = InMemoryImages(
+            cfg.data,
+            data_dir=cfg.data_dir,
+            train_subset=cfg.train_subset,
+            subset_seed=cfg.seed,
+            device=device,
+        )
         self.test, _ = fixed_batches(
             cfg.data,
             "test",
@@ -104,16 +101,13 @@ class ImageTask:
             width=self.cfg.width,
             norm=norm,
             branch_scale=branch_scale,
-            num_classes=self.num_classes,
-            in_chans=self.in_chans,
-            image_size=self.image_size,
+            num_classes=self.train.num_classes,
+            in_chans=self.train.in_chans,
+            image_size=self.train.image_size,
         )
 
     def train_batch(self, seed: int, step: int) -> tuple[Tensor, Tensor]:
-        """Images drawn from (seed, step) alone, with replacement: a rerun from any step is exact."""
-        idx = np.random.default_rng([seed, step]).integers(0, len(self.labels), size=self.cfg.batch_size)
-        idx_t = torch.from_numpy(idx).to(self.device)
-        return self.images[idx_t], self.labels[idx_t]
+        return self.train.batch(seed, step, self.cfg.batch_size)
 
     def loss(self, out: Tensor, y: Tensor) -> Tensor:
         return F.cross_entropy(out.float(), y)
@@ -128,8 +122,8 @@ class ImageTask:
         return {"name": "always guessing the most frequent class", "metric": 100 * (1 - top / len(labels))}
 
     def measure_batch(self) -> tuple[Tensor, Tensor]:
-        n = min(self.cfg.measure_batch, len(self.labels))
-        return self.images[:n], self.labels[:n]
+        n = self.cfg.measure_batch
+        return self.train.x[:n], self.train.y[:n]
 
 
 def make_task(cfg: MLPConfig, device: torch.device) -> ImageTask:

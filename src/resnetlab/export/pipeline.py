@@ -30,9 +30,10 @@ from resnetlab.data.download import fsync_dir
 from resnetlab.errors import Error
 from resnetlab.export.fold import count_bn, fold_bn
 from resnetlab.export.runtime import OnnxModel, ProgramModel, require_extra
-from resnetlab.export.sidecar import sha256_file, sidecar_bytes, sidecar_path, write_atomic
+from resnetlab.export.sidecar import sidecar_bytes, sidecar_path, write_atomic
 from resnetlab.models import create_model, list_models
 from resnetlab.models.gpt import LANGUAGE_MODELS
+from resnetlab.weights.cache import sha256sum
 
 FORMATS = {"onnx": ".onnx", "pt2": ".pt2"}
 # Allowed max |exported - eager| as a fraction of the eager logits' std. An absolute bound
@@ -300,7 +301,7 @@ def export_model(
         "layout": "NCHW",
         "dtype": "float32",
         "preprocess": "RGB or L; short side to resize_size, centre crop image_size; /255; (x - mean) / std",
-        "source_sha256": sha256_file(weights) if weights is not None else None,
+        "source_sha256": sha256sum(weights) if weights is not None else None,
         "source_file": str(weights) if weights is not None else None,
         "versions": {p: _version(p) for p in ("torch", "onnx", "onnxruntime", "onnxscript", "resnetlab")},
     }
@@ -353,7 +354,7 @@ def export_model(
                 f"tolerance {parity['tolerance']:.2e}, top-1 agreement "
                 f"{100 * parity['top1_agreement']:.2f}%); nothing was written"
             )
-        facts["sha256"] = sha256_file(tmp)
+        facts["sha256"] = sha256sum(tmp)
         side = sidecar_path(out)
         # The file first, then its sidecar: a crash between the two leaves the old sidecar, whose
         # sha256 no longer matches, and opening the pair says so.

@@ -19,7 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from resnetlab.errors import Error
-from resnetlab.export.sidecar import read_sidecar, sha256_file, sidecar_path
+from resnetlab.export.sidecar import read_sidecar, sidecar_path
+from resnetlab.weights.cache import sha256sum
 
 EXPORT_SUFFIXES = (".onnx", ".pt2")
 
@@ -127,7 +128,7 @@ def load_exported(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     side = read_sidecar(path)
     meta = {**side, "source": str(path), "tag": None, "source_tag": side.get("tag")}
     recorded = meta["export"].get("sha256")
-    if recorded is not None and recorded != sha256_file(path):
+    if recorded is not None and recorded != sha256sum(path):
         raise Error(
             f"{sidecar_path(path).name} describes another file than {path} (its sha256 differs): "
             "they come from two exports; export again"

@@ -9,7 +9,6 @@ and its versions, and the parity and accuracy figures measured before the file w
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -26,14 +25,6 @@ def sidecar_path(path: str | Path) -> Path:
     """Where the sidecar of an exported file lives: the file's name plus `.json`."""
     path = Path(path)
     return path.with_name(path.name + ".json")
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_atomic(path: Path, data: bytes) -> None:
