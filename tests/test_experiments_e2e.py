@@ -32,7 +32,9 @@ TRAIN = ["--steps", "3", "--batch-size", "16", "--train-subset", "96", "--amp", 
 TINY: dict[str, list[str]] = {
     "degradation": [*TRAIN, "--depths", "8,14", "--seeds", "2", "--test-examples", "64", "--log-points", "3"],
     "gradients": [*TRAIN, "--depths", "8,14", "--norms", "bn,none", "--measure-batch", "16"],
-    "responses": [*TRAIN, "--plain-depths", "8", "--resnet-depths", "8,14", "--test-examples", "64"],
+    "responses": [
+        *TRAIN, "--plain-depths", "8", "--resnet-depths", "8,14", "--test-examples", "64", "--workers", "1",
+    ],
     "lesion": [*TRAIN, "--depth", "14", "--test-examples", "64", "--draws", "2"],
     "landscape": [*TRAIN, "--depth", "8", "--points-1d", "5", "--points-2d", "3", "--loss-examples", "32"],
     "shattered": ["--depths", "8,14", "--points", "32", "--lines", "2", "--max-lag", "4"],
@@ -44,6 +46,10 @@ TINY: dict[str, list[str]] = {
     "mlp": [
         "--depths", "1,2", "--width", "8", "--seeds", "1", "--steps", "3", "--batch-size", "8",
         "--train-subset", "64", "--test-examples", "64", "--measure-batch", "8", "--workers", "1",
+    ],
+    "information": [
+        *TRAIN, "--depths", "8,14", "--seeds", "1", "--fit-examples", "24", "--test-examples", "16",
+        "--workers", "1",
     ],
     "identity": [
         "--shallow-steps", "3", "--steps", "2", "--seeds", "1", "--train-subset", "96",

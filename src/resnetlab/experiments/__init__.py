@@ -10,10 +10,11 @@
     mlp          beyond the convnet: plain vs residual MLPs (depth, rank collapse [Dong21], ReZero)
     transformer  beyond the convnet: plain vs residual byte-level GPTs on English text
     identity     [He15 §1]         a trained shallow net deepened with zero-init, default and identity blocks
+    information  the seed's third reason: how much of the input each stage keeps (linear read-out)
 
 Every module has a config dataclass, `PRESETS` ("quick": minutes on a CPU with Fashion-MNIST;
-"paper": the paper's setting for a GPU and CIFAR-10; transfer, mlp, transformer and identity,
-which reproduce no paper figure, have "full" instead) and `run(cfg, run_dir) -> Outcome`.
+"paper": the paper's setting for a GPU and CIFAR-10; transfer, mlp, transformer, identity and
+information, which reproduce no paper figure, have "full" instead) and `run(cfg, run_dir) -> Outcome`.
 `run_experiment` adds the run directory: results.json, the PNG figures and report.html.
 """
 
@@ -31,6 +32,7 @@ from resnetlab.experiments import (
     degradation,
     gradients,
     identity,
+    information,
     landscape,
     lesion,
     mlp,
@@ -57,6 +59,7 @@ EXPERIMENTS: dict[str, ModuleType] = {
         mlp,
         transformer,
         identity,
+        information,
     )
 }
 

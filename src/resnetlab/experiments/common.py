@@ -68,8 +68,15 @@ def twin(arch: str, depth: int, **kwargs: Any) -> tuple[str, dict[str, Any]]:
     """(model name, create_model kwargs) of the CIFAR-style net `arch`-`depth`, any depth 6n+2.
 
     `plain` is the residual net's layers with shortcut="none" [He15 §4.2]; both use option A.
+    `preact` is the pre-activation ResNet [He16], whose shortcut path is a clean identity.
     """
-    return "cifar_resnet", {"depth": depth, "shortcut": "A" if arch == "resnet" else "none", **kwargs}
+    shortcut = "none" if arch == "plain" else "A"
+    return "cifar_resnet", {
+        "depth": depth,
+        "shortcut": shortcut,
+        **({"preact": True} if arch == "preact" else {}),
+        **kwargs,
+    }
 
 
 def label(arch: str, depth: int) -> str:

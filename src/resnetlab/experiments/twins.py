@@ -34,7 +34,12 @@ from torch import Tensor, nn
 
 from resnetlab.experiments.common import depth_colors, log, run_parallel, save_figure
 from resnetlab.experiments.config import require
-from resnetlab.experiments.measures import effective_rank, rank1_distance, unit_gradient_norms
+from resnetlab.experiments.measures import (
+    effective_rank,
+    input_recoverability,
+    rank1_distance,
+    unit_gradient_norms,
+)
 from resnetlab.experiments.record import Figure, Outcome, Table
 from resnetlab.train.distributed import resolve_device
 
@@ -172,6 +177,7 @@ def train_arm(factory: TaskFactory, cfg: Any, arm: Arm, depth: int, seed: int) -
             window = []
     last = [v for s, v in zip(steps, losses, strict=True) if s > 0.9 * cfg.steps] or losses[-1:]
     model.eval()
+    x, _ = task.measure_batch()
     return {
         "arch": arm.arch,
         "norm": arm.norm,
@@ -183,6 +189,7 @@ def train_arm(factory: TaskFactory, cfg: Any, arm: Arm, depth: int, seed: int) -
         "diverged": diverged,
         "final_train_loss": math.nan if diverged or not last else sum(last) / len(last),
         "metric": math.nan if diverged else task.evaluate(model),
+        "input_r2": [math.nan] if diverged else input_r2(model, x),
         "seconds": round(time.perf_counter() - start, 1),
     }
 
@@ -210,13 +217,21 @@ def _train_all(factory: TaskFactory, cfg: Any, jobs: list[tuple[Arm, int, int]])
 
 
 @torch.no_grad()
+def input_r2(model: nn.Module, x: Tensor) -> list[float]:
+    """Per layer: how much of the input `x` a ridge read-out recovers (R^2 on the batch's second
+    half, fitted on its first; `measures.input_recoverability`)."""
+    return [input_recoverability(h, x) for h in model.forward_intermediates(x)]
+
+
+@torch.no_grad()
 def _representations(model: nn.Module, x: Tensor) -> dict[str, list[float]]:
-    """Per layer: rank-1 distance, effective rank, and the RMS of the activations (0: the signal
-    vanished, where the rank measures are undefined; inf: it overflowed)."""
+    """Per layer: rank-1 distance, effective rank, input R^2, and the RMS of the activations (0:
+    the signal vanished, where the rank measures are undefined; inf: it overflowed)."""
     feats = model.forward_intermediates(x)
     return {
         "rank1_distance": [rank1_distance(h) for h in feats],
         "effective_rank": [effective_rank(h) for h in feats],
+        "input_r2": [input_recoverability(h, x) for h in feats],
         "rms": [float(h.double().square().mean().sqrt()) for h in feats],
     }
 
@@ -342,6 +357,11 @@ def _fmt(mean: float, std: float) -> str:
     return "diverged" if not math.isfinite(mean) else f"{mean:.4g} ± {std:.2g}"
 
 
+def _r2(mean: float, std: float) -> str:
+    """An input R^2; NaN where the features were not finite (an overflow or a diverged run)."""
+    return f"{mean:.3f} ± {std:.3f}" if math.isfinite(mean) else "undefined"
+
+
 def _ratio(values: list[float]) -> float:
     """First unit's gradient norm over the last unit's: > 1 grows toward the input."""
     first, last = values[0], values[-1]
@@ -354,18 +374,22 @@ def signal_summary(signal: list[dict], arm: Arm, depth: int) -> dict:
     grads = _mean_profile([s["grad_norm"] for s in mine])
     distance = _mean_profile([s["rank1_distance"] for s in mine])
     erank = _mean_profile([s["effective_rank"] for s in mine])
+    r2 = _mean_profile([s["input_r2"] for s in mine])
     rms = _mean_profile([s["rms"] for s in mine])
     return {
         "output_rms": rms[-1],
         "grad_norm": grads,
         "rank1_distance": distance,
         "effective_rank": erank,
+        "input_r2": r2,
         "first_last": _ratio(grads),
         "median_grad": float(np.median(grads)),
         "input_distance": distance[0],
         "output_distance": distance[-1],
         "input_rank": erank[0],
         "output_rank": erank[-1],
+        "input_layer_r2": r2[0],
+        "output_r2": r2[-1],
     }
 
 
@@ -408,11 +432,12 @@ def tables(results: dict, cfg: TwinsConfig) -> list[Table]:
                     f"{s['first_last']:.3g}",
                     f"{s['input_distance']:.3f} → {s['output_distance']:.3f}",
                     f"{s['input_rank']:.1f} → {s['output_rank']:.1f}",
+                    f"{s['input_layer_r2']:.3f} → {s['output_r2']:.3f}",
                 ]
             )
     q2 = Table(
-        title="2. At initialisation: first/last unit gradient norm, rank-1 distance and effective rank "
-        "from the input layer to the last unit",
+        title="2. At initialisation: first/last unit gradient norm, rank-1 distance, effective rank "
+        "and input R² from the input layer to the last unit",
         columns=[
             results["depth_noun"],
             "norm",
@@ -420,10 +445,11 @@ def tables(results: dict, cfg: TwinsConfig) -> list[Table]:
             "grad first/last",
             "rank-1 distance",
             "effective rank",
+            "input R²",
         ],
         rows=rows,
     )
-    out = [q1, q2]
+    out = [q1, q2, _kept_table(results, cfg)]
     if results["rezero_depth"] is not None:
         d = results["rezero_depth"]
         rows = [
@@ -445,10 +471,42 @@ def tables(results: dict, cfg: TwinsConfig) -> list[Table]:
     return out
 
 
+def kept_input(results: dict, cfg: TwinsConfig, depth: int) -> dict[str, tuple[float, float]]:
+    """The last unit's input R^2 (mean, std over seeds) of the main twins at `depth`, keyed
+    "plain init", "residual init", "plain trained", "residual trained"."""
+    out = {}
+    for arm in main_arms(cfg):
+        for when, rows in (("init", results["signal"]), ("trained", results["runs"])):
+            mine = [r for r in rows if (r["arch"], r["norm"], r["depth"]) == (arm.arch, arm.norm, depth)]
+            out[f"{arm.arch} {when}"] = mean_std([r["input_r2"][-1] for r in mine])
+    return out
+
+
+def _kept_table(results: dict, cfg: TwinsConfig) -> Table:
+    rows = []
+    for depth in cfg.depths:
+        kept = kept_input(results, cfg, depth)
+        keys = ("plain init", "residual init", "plain trained", "residual trained")
+        rows.append([str(depth), *(_r2(*kept[k]) for k in keys)])
+    return Table(
+        title=f"Is the input kept? Input R² of the last unit, norm={cfg.norm}: a ridge read-out fitted on "
+        f"half of the measured batch, scored on the other half (mean ± std of {cfg.seeds} seeds)",
+        columns=[
+            results["depth_noun"],
+            "plain, init",
+            "residual, init",
+            "plain, trained",
+            "residual, trained",
+        ],
+        rows=rows,
+    )
+
+
 def findings(results: dict, cfg: TwinsConfig) -> list[str]:
     """Statements computed from the numbers; they say so when the seed's claim does not show."""
     out = [_depth_finding(results, cfg)]
     out += [_signal_finding(results, cfg, norm) for norm in ("ln", "none")]
+    out.append(_kept_finding(results, cfg))
     if results["rezero_depth"] is not None:
         out.append(_rezero_finding(results, cfg))
     return out
@@ -555,6 +613,29 @@ def _signal_finding(results: dict, cfg: TwinsConfig, norm: str) -> str:
     return text
 
 
+def _kept_finding(results: dict, cfg: TwinsConfig) -> str:
+    hi = max(cfg.depths)
+    kept = kept_input(results, cfg, hi)
+    parts = []
+    for when in ("init", "trained"):
+        p, r = kept[f"plain {when}"], kept[f"residual {when}"]
+        if not (math.isfinite(p[0]) and math.isfinite(r[0])):
+            verdict = "undefined where a signal vanished, overflowed or diverged"
+        elif r[0] - p[0] > p[1] + r[1]:
+            verdict = "the residual twin keeps more"
+        elif p[0] - r[0] > p[1] + r[1]:
+            verdict = "the plain twin keeps more: the claim does not hold here"
+        else:
+            verdict = "the two are within their spread"
+        words = "at initialisation" if when == "init" else f"after {cfg.steps} steps"
+        parts.append(f"{words} {_r2(*r)} (residual) vs {_r2(*p)} (plain): {verdict}")
+    return (
+        f"Input kept by the last unit, {_n(hi, results)} (input R² of a ridge read-out): "
+        + "; ".join(parts)
+        + "."
+    )
+
+
 def _rezero_finding(results: dict, cfg: TwinsConfig) -> str:
     summary, metric, d = results["summary"], results["metric"], results["rezero_depth"]
     plain_arm, res_arm = main_arms(cfg)
@@ -659,8 +740,8 @@ def figures(results: dict, cfg: TwinsConfig, run_dir: Any) -> list[Figure]:
 
     hi = max(cfg.depths)
     sig = {arm: signal_summary(results["signal"], arm, hi) for arm in SIGNAL_ARMS}
-    fig = MplFigure(figsize=(15, 3.6))
-    axes = fig.subplots(1, 3)
+    fig = MplFigure(figsize=(20, 3.6))
+    axes = fig.subplots(1, 4)
     for arm, s in sig.items():
         color = {"ln": "C0", "none": "C3"}[arm.norm] if arm.arch != "rezero" else "C2"
         name = f"{arm.arch}, {arm.norm}" if arm.arch != "rezero" else "rezero"
@@ -668,6 +749,7 @@ def figures(results: dict, cfg: TwinsConfig, run_dir: Any) -> list[Figure]:
         axes[0].plot(range(1, len(grads) + 1), grads, _STYLE[arm.arch], color=color, label=name)
         axes[1].plot(s["rank1_distance"], _STYLE[arm.arch], color=color, label=name)
         axes[2].plot(s["effective_rank"], _STYLE[arm.arch], color=color, label=name)
+        axes[3].plot(s["input_r2"], _STYLE[arm.arch], color=color, label=name)
     axes[0].set_yscale("log")
     for ax, title, xlabel in zip(
         axes,
@@ -675,8 +757,9 @@ def figures(results: dict, cfg: TwinsConfig, run_dir: Any) -> list[Figure]:
             "gradient norm of each unit's weights",
             "distance from the best rank-1 approximation",
             "effective rank",
+            "input R² (ridge read-out)",
         ),
-        ("unit (input → output)", "layer (0 = input layer)", "layer (0 = input layer)"),
+        ("unit (input → output)", *["layer (0 = input layer)"] * 3),
         strict=True,
     ):
         ax.set_title(title, fontsize=10)
@@ -688,7 +771,8 @@ def figures(results: dict, cfg: TwinsConfig, run_dir: Any) -> list[Figure]:
         Figure(
             save_figure(fig, run_dir, "signal_at_init.png"),
             f"Question 2, {_n(hi, results)} at initialisation, mean of {cfg.seeds} seeds: gradient norms, "
-            "rank collapse [Dong21] and effective rank; plain dashed, residual solid, ReZero dotted; "
+            "rank collapse [Dong21], effective rank and the input R² of a ridge read-out; plain "
+            "dashed, residual solid, ReZero dotted; "
             "blue with layer norm, red without.",
         )
     )
