@@ -12,6 +12,7 @@ import time
 MODULES = [
     "benchmarks.throughput",
     "benchmarks.inference",
+    "benchmarks.pipeline",
     "benchmarks.gpu",
     "benchmarks.ddp",
 ]

@@ -204,13 +204,13 @@ def test_alternating_flips_in_a_folder_mirror_each_image_in_every_other_epoch(tr
 @settings(max_examples=100, deadline=None)
 @given(width=st.integers(1, 2000), height=st.integers(1, 2000), seed=st.integers(0, 2**32))
 def test_random_resized_boxes_stay_inside_the_image(width: int, height: int, seed: int) -> None:
-    left, top, right, bottom = random_resized_box((width, height), np.random.default_rng(seed))
+    left, top, right, bottom = random_resized_box((width, height), rng=np.random.default_rng(seed))
     assert 0 <= left < right <= width and 0 <= top < bottom <= height
 
 
 def test_centre_box_matches_resize_then_centre_crop() -> None:
     # 300x200 image: short side 200 -> 256 scales by 1.28; a 224 crop covers 175 source pixels.
-    assert centre_box((300, 200), 224, 256) == pytest.approx((62.5, 12.5, 237.5, 187.5))
+    assert centre_box((300, 200), crop=224, resize=256) == pytest.approx((62.5, 12.5, 237.5, 187.5))
 
 
 def test_data_command_describes_a_folder(tree: Path, capsys) -> None:

@@ -412,3 +412,17 @@ def test_bf16_on_a_cpu_without_native_bf16_warns_once(native, warned, monkeypatc
     err = capsys.readouterr().err
     assert err.count("no native bf16") == (1 if warned else 0)
     precision._warn_once_cpu_bf16_is_emulated.cache_clear()
+
+
+@pytest.mark.parametrize(("native", "expected"), [(False, "none"), (True, "bf16")])
+def test_auto_amp_is_bf16_only_where_the_cpu_runs_it_natively(native, expected, monkeypatch):
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
+    assert precision.resolve_amp(CPU, "auto") == expected
+    assert [precision.resolve_amp(CPU, amp) for amp in ("none", "bf16")] == ["none", "bf16"]
+
+
+@pytest.mark.parametrize(("capability", "expected"), [((7, 0), "none"), ((8, 0), "bf16"), ((9, 0), "bf16")])
+def test_auto_amp_on_a_gpu_follows_its_compute_capability(capability, expected, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capability)
+    assert precision.resolve_amp(torch.device("cuda"), "auto") == expected

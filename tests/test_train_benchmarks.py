@@ -40,6 +40,23 @@ def test_throughput_rejects_zero_repeats(benchmarks, capsys):
     assert exit_info.value.code == 2 and "--repeats must be at least 1" in capsys.readouterr().err
 
 
+def test_pipeline_table(benchmarks, capsys):
+    from benchmarks import pipeline
+
+    assert pipeline.main(["--images", "6", "--sizes", "64", "--repeats", "2"]) == 0
+    out = capsys.readouterr().out
+    rows = [
+        line.split()
+        for line in out.splitlines()
+        if line.split()[:1] in (["per-image"], ["full"], ["reduced"])
+    ]
+    assert [r[:2] for r in rows] == [["per-image", "64"], ["full", "64"], ["reduced", "64"]]
+    assert rows[0][4] == "1.00x" and "one core of:" in out
+    for row in rows:
+        low, high = map(float, row[3].split("-"))
+        assert low <= float(row[2]) <= high
+
+
 def test_gpu_script_runs_on_the_cpu(benchmarks, capsys):
     from benchmarks import gpu
 

@@ -74,6 +74,7 @@ def load_dataset(
     seed: int = 0,
     strict: bool = False,
     image_size: int = 0,
+    decode: str = "full",
 ) -> ImageArrays | FolderDataset:
     """One split of a data set: "train" (the training part minus the val hold-out), "val" or "test".
 
@@ -82,6 +83,7 @@ def load_dataset(
     by `seed`, as the paper's 45k/5k CIFAR split [He15 §4.2]. Normalisation statistics come from
     the train split. strict: an unreadable image in a folder is an error instead of skipped.
     image_size: a folder's crop side in pixels (0: 224); the other data sets have a fixed size.
+    decode: a folder's JPEG decoding, "full" or "reduced" (`folder.decode_box`).
     """
     if split not in SPLITS:
         raise Error(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
@@ -95,6 +97,7 @@ def load_dataset(
             seed=seed,
             strict=strict,
             image_size=image_size or DEFAULT_IMAGE_SIZE,
+            decode=decode,
         )
     if image_size:
         raise Error(f"an image size applies to imagefolder:PATH data; {name} images have a fixed size")

@@ -17,7 +17,7 @@ import functools
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,7 @@ _LOG_RATIO = (math.log(3 / 4), math.log(4 / 3))  # crop aspect ratio (w / h), sa
 _STATS_SAMPLE = 128  # training images decoded to estimate the normalisation
 MAX_VAL_FRACTION = 0.2  # of a folder's training images, at most, held out as the val split
 _WIDE_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})  # 16-bit (or int32) grey
+DECODE_MODES = ("full", "reduced")
 
 
 class UnreadableImage(Error):
@@ -65,7 +66,10 @@ class FolderDataset(Dataset):
         strict: bool = False,
         resize_size: int | None = None,
         interpolation: str = "bilinear",
+        decode: str = "full",
     ) -> None:
+        if decode not in DECODE_MODES:
+            raise Error(f"unknown decode mode {decode!r}; use {' or '.join(DECODE_MODES)}")
         self.root = Path(root)
         self.paths = paths  # (N,) bytes, relative to root
         self.labels = labels  # (N,) int64
@@ -77,6 +81,7 @@ class FolderDataset(Dataset):
         # unless pretrained weights ask for their own (torchvision's V2: 232).
         self.resize_size = resize_size or round(image_size / 0.875)
         self.interpolation = interpolation  # "bilinear" or "bicubic"
+        self.decode = decode  # "full" or "reduced": JPEGs at the smallest DCT scale the box allows
 
     @property
     def num_classes(self) -> int:
@@ -105,6 +110,7 @@ class FolderDataset(Dataset):
             strict=self.strict,
             resize_size=self.resize_size,
             interpolation=self.interpolation,
+            decode=self.decode,
         )
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
@@ -112,11 +118,11 @@ class FolderDataset(Dataset):
 
     def load(self, index: int, rng: np.random.Generator | None = None, *, flip: bool = False) -> torch.Tensor:
         """(3, S, S) uint8: a random-resized crop (maybe mirrored) given `rng`, else the centre view."""
-        image = decode(self.path(index))
         if rng is None:
-            box = centre_box(image.size, self.image_size, self.resize_size)
+            view = functools.partial(centre_box, crop=self.image_size, resize=self.resize_size)
         else:
-            box = random_resized_box(image.size, rng)
+            view = functools.partial(random_resized_box, rng=rng)
+        image, box = decode_box(self.path(index), view, self.image_size, reduce=self.decode == "reduced")
         resample = Image.Resampling.BICUBIC if self.interpolation == "bicubic" else Image.Resampling.BILINEAR
         image = image.resize((self.image_size, self.image_size), resample, box=box)
         if flip and rng is not None and rng.random() < 0.5:
@@ -133,6 +139,96 @@ def decode(path: Path, mode: str = "RGB") -> Image.Image:
         raise UnreadableImage(f"{path}: {type(exc).__name__}: {exc}") from None
 
 
+def decode_box(
+    path: Path,
+    view: Callable[[tuple[int, int]], tuple[float, float, float, float]],
+    out_size: int,
+    *,
+    mode: str = "RGB",
+    reduce: bool = True,
+) -> tuple[Image.Image, tuple[float, float, float, float]]:
+    """The image at `path` (upright, 8-bit `mode`) and the box `view(upright size)` in its pixels.
+
+    With `reduce`, a JPEG is decoded at the smallest DCT scale (1/2, 1/4 or 1/8, libjpeg's
+    scaled IDCT through Pillow's `draft`) that still leaves at least `out_size` pixels across
+    the box in both directions, and the box is mapped onto the smaller image exactly, EXIF
+    rotation included. The box is drawn from the full upright size either way, so a random view
+    is the same draw as with full decoding.
+    """
+    try:
+        with Image.open(path) as file:
+            orientation = file.getexif().get(_ORIENTATION, 1) if file.format in _EXIF_FORMATS else 1
+            stored = file.size
+            upright = stored[::-1] if orientation in _SWAPS_AXES else stored
+            box = view(upright)
+            scale = 1
+            if reduce and file.format == "JPEG":
+                side = min(box[2] - box[0], box[3] - box[1])  # upright pixels across the box
+                scale = next((s for s in (8, 4, 2) if side / s >= out_size), 1)
+                if scale > 1:
+                    # Pillow picks the largest scale whose image still holds the asked size:
+                    # exactly `scale` for (W // scale, H // scale). It tells the one it chose.
+                    drafted = file.draft(file.mode, (stored[0] // scale, stored[1] // scale))
+                    scale = round(stored[0] / drafted[1][2]) if drafted else 1
+            image = to_mode(ImageOps.exif_transpose(file), mode)
+    except Exception as exc:  # Pillow signals bad files with OSError, SyntaxError, ValueError, bomb errors...
+        raise UnreadableImage(f"{path}: {type(exc).__name__}: {exc}") from None
+    if scale > 1:
+        box = _reduced_box(box, orientation, stored, scale)
+    return image, box
+
+
+# EXIF orientation: how the stored pixels map to the upright picture (ImageOps.exif_transpose).
+_ORIENTATION = 0x0112
+_EXIF_FORMATS = frozenset({"JPEG", "TIFF", "PNG", "WEBP", "MPO"})
+_SWAPS_AXES = frozenset({5, 6, 7, 8})
+
+
+def _to_stored(x: float, y: float, orientation: int, size: tuple[int, int]) -> tuple[float, float]:
+    """Upright (x, y) -> stored (x, y), continuous pixel-edge coordinates, for a stored `size`."""
+    w, h = size
+    return {
+        1: (x, y),
+        2: (w - x, y),
+        3: (w - x, h - y),
+        4: (x, h - y),
+        5: (y, x),
+        6: (y, h - x),
+        7: (w - y, h - x),
+        8: (w - y, x),
+    }.get(orientation, (x, y))
+
+
+def _to_upright(x: float, y: float, orientation: int, size: tuple[int, int]) -> tuple[float, float]:
+    """Stored (x, y) -> upright (x, y): the inverse of `_to_stored`."""
+    w, h = size
+    return {
+        1: (x, y),
+        2: (w - x, y),
+        3: (w - x, h - y),
+        4: (x, h - y),
+        5: (y, x),
+        6: (h - y, x),
+        7: (h - y, w - x),
+        8: (y, w - x),
+    }.get(orientation, (x, y))
+
+
+def _reduced_box(
+    box: tuple[float, float, float, float], orientation: int, stored: tuple[int, int], scale: int
+) -> tuple[float, float, float, float]:
+    """`box` in the upright picture of full size -> the same box in the upright picture decoded at
+    1/`scale`: stored pixel edge x maps to x / scale, and a flipped axis is measured from the
+    reduced image's far edge, ceil(W / scale), not from W / scale."""
+    reduced = (-(-stored[0] // scale), -(-stored[1] // scale))
+    corners = []
+    for x, y in ((box[0], box[1]), (box[2], box[3])):
+        sx, sy = _to_stored(x, y, orientation, stored)
+        corners.append(_to_upright(sx / scale, sy / scale, orientation, reduced))
+    (x0, y0), (x1, y1) = corners
+    return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
+
+
 def to_mode(image: Image.Image, mode: str) -> Image.Image:
     """`image` as 8-bit `mode`. Pillow's own convert clips 16-bit grey at 255 (nearly all white),
     so those are scaled by 255 / 65535 first; palette transparency goes through RGBA as Pillow asks."""
@@ -144,7 +240,7 @@ def to_mode(image: Image.Image, mode: str) -> Image.Image:
     return image if image.mode == mode else image.convert(mode)
 
 
-def random_resized_box(size: tuple[int, int], rng: np.random.Generator) -> tuple[int, int, int, int]:
+def random_resized_box(size: tuple[int, int], *, rng: np.random.Generator) -> tuple[int, int, int, int]:
     """(left, top, right, bottom) covering 8-100% of the area at aspect 3/4..4/3; centre fallback."""
     width, height = size
     for _ in range(10):
@@ -161,7 +257,7 @@ def random_resized_box(size: tuple[int, int], rng: np.random.Generator) -> tuple
     return left, top, left + w, top + h
 
 
-def centre_box(size: tuple[int, int], crop: int, resize: int) -> tuple[float, float, float, float]:
+def centre_box(size: tuple[int, int], *, crop: int, resize: int) -> tuple[float, float, float, float]:
     """The source box that a resize of the short side to `resize` then a centre `crop` would show."""
     width, height = size
     side = crop * min(width, height) / resize  # source pixels
@@ -269,6 +365,7 @@ def load_folder(
     seed: int = 0,
     strict: bool = False,
     image_size: int = DEFAULT_IMAGE_SIZE,
+    decode: str = "full",
 ) -> FolderDataset:
     """`split` of an image folder: the training images minus the hold-out, the hold-out, or val/.
 
@@ -297,5 +394,5 @@ def load_folder(
             raise Error(f"{root / 'val'} has class folders that train/ lacks: {', '.join(extra[:5])}")
         paths, labels = _scan(root, "val", classes)
     return FolderDataset(
-        root, paths, labels, classes, mean=mean, std=std, image_size=image_size, strict=strict
+        root, paths, labels, classes, mean=mean, std=std, image_size=image_size, strict=strict, decode=decode
     )

@@ -23,9 +23,14 @@ from torch import Tensor, nn
 from resnetlab.data import load_dataset, make_loader
 from resnetlab.models import create_model
 from resnetlab.train import TrainResult, fit, get_recipe
+from resnetlab.train.distributed import resolve_device
+from resnetlab.train.precision import resolve_amp
 
 log = logging.getLogger("resnetlab.experiments")
 
+AMP_HELP = (
+    "autocast dtype: auto (bf16 where the hardware has it natively, else none), bf16, fp16 (CUDA) or none"
+)
 ARCHS = ("plain", "resnet")  # the twins: same layers, with and without shortcuts [He15 §4.2]
 Batches = list[tuple[Tensor, Tensor]]
 
@@ -98,7 +103,7 @@ class TrainSettings:
     batch_size: int = field(default=32, metadata={"help": "examples per step"})
     lr: float = field(default=0.01, metadata={"help": "peak learning rate per step of --batch-size examples"})
     augment: bool = field(default=True, metadata={"help": "the recipe's augmentation (off: none at all)"})
-    amp: str = field(default="bf16", metadata={"help": "autocast dtype: bf16, fp16 (CUDA) or none"})
+    amp: str = field(default="auto", metadata={"help": AMP_HELP})
     seed: int = field(default=0, metadata={"help": "seed of the first run (init, subset, data order)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
 
@@ -128,7 +133,7 @@ def train_twin(
         max_steps=s.steps,
         batch_size=s.batch_size,
         lr=s.lr,
-        amp=s.amp,
+        amp=resolve_amp(resolve_device(s.device), s.amp),
         seed=s.seed if seed is None else seed,
         device=s.device,
         out=None,

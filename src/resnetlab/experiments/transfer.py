@@ -37,11 +37,12 @@ from pathlib import Path
 from matplotlib.figure import Figure as MplFigure
 
 from resnetlab.data import load_dataset, make_loader, select_classes
-from resnetlab.experiments.common import evaluate, log, run_parallel, save_figure, stack
+from resnetlab.experiments.common import AMP_HELP, evaluate, log, run_parallel, save_figure, stack
 from resnetlab.experiments.config import require
 from resnetlab.experiments.record import Figure, Outcome, Table
 from resnetlab.train import TrainResult, fit, get_recipe
 from resnetlab.train.distributed import resolve_device
+from resnetlab.train.precision import resolve_amp
 
 NAME = "transfer"
 TITLE = "Transfer: what pretraining on five classes buys on the other five, against labels per class"
@@ -92,7 +93,7 @@ class TransferConfig:
     seeds: int = field(default=3, metadata={"help": "runs per (method, k), seeds seed..seed+N-1"})
     seed: int = field(default=0, metadata={"help": "first seed; the pretraining uses it too"})
     split: str = field(default="test", metadata={"help": "test, or val (held out of B's train images)"})
-    amp: str = field(default="bf16", metadata={"help": "autocast dtype: bf16, fp16 (CUDA) or none"})
+    amp: str = field(default="auto", metadata={"help": AMP_HELP})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
     workers: int = field(
         default=0, metadata={"help": "CPU only: runs at once, one thread each (0: one per core)"}
@@ -139,7 +140,7 @@ def pretrain(cfg: TransferConfig, run_dir: Path) -> Path:
             batch_size=64,
             val_size=0,
             eval_splits=(),
-            amp=cfg.amp,
+            amp=resolve_amp(resolve_device(cfg.device), cfg.amp),
             seed=cfg.seed,
             device=cfg.device,
             progress=False,
@@ -196,7 +197,7 @@ def _fit_one(
             val_size=val_size,
             eval_splits=(),
             ema_decay=0.0,
-            amp=cfg.amp,
+            amp=resolve_amp(resolve_device(cfg.device), cfg.amp),
             seed=seed,
             device=cfg.device,
             progress=False,

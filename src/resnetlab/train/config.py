@@ -30,6 +30,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from resnetlab.data.folder import DECODE_MODES
 from resnetlab.errors import Error
 from resnetlab.train.tta import TTA_MODES
 
@@ -104,6 +105,11 @@ class TrainConfig:
         None, "DataLoader worker processes per rank, image folders only (none: the CPUs per rank, at most 8)"
     )
     strict: bool = _opt(False, "image folders: an unreadable image stops the run instead of being skipped")
+    decode: str = _opt(
+        "full",
+        "image folders: full, or reduced (JPEGs at the smallest DCT scale, 1/2 to 1/8, that still "
+        "fills the crop: fewer pixels decoded)",
+    )
     image_size: int = _opt(
         0,
         "image folders: side of the square crop, pixels (0: the --init-from weights', else 224); "
@@ -196,6 +202,7 @@ class TrainConfig:
             "--classes takes distinct class indices >= 0, e.g. 5,6,7,8,9",
         )
         _require(self.image_size >= 0, "--image-size must be >= 0 (0: 224)")
+        _require(self.decode in DECODE_MODES, f"--decode must be one of {', '.join(DECODE_MODES)}")
         _require(
             self.image_size == 0 or self.data.startswith("imagefolder:"),
             f"--image-size applies to imagefolder:PATH data; {self.data} images have a fixed size",

@@ -592,6 +592,7 @@ def _load_splits(cfg: TrainConfig, *, talk: bool) -> dict[str, Any]:
         seed=cfg.seed,
         strict=cfg.strict,
         image_size=cfg.image_size,
+        decode=cfg.decode,
     )
     train = load_dataset(cfg.data, "train", **kw)
     if cfg.classes:

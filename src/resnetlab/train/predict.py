@@ -40,7 +40,7 @@ def load_image(
         image = decode(Path(path), "L" if in_chans == 1 else "RGB")  # as the training folder reads it
     except UnreadableImage as exc:
         raise Error(f"cannot read image {exc}") from None
-    box = centre_box(image.size, image_size, resize_size)
+    box = centre_box(image.size, crop=image_size, resize=resize_size)
     if interpolation not in _RESAMPLING:
         raise Error(f"unknown interpolation {interpolation!r}; choose from {', '.join(_RESAMPLING)}")
     image = image.resize((image_size, image_size), _RESAMPLING[interpolation], box=box)
