@@ -135,7 +135,12 @@ def test_responses_findings_say_when_the_run_is_too_short_to_move_the_scales() -
     text = " ".join(responses.findings(responses_nets(1.02), cfg))
     assert "responses are smaller than the plain ones" in text
     assert "falls with every step in depth" in text
-    assert "at most 0.010 from their init of 1" in text and "too short" in text
+    assert "ResNets' BN scales at most 0.010 from their init of 1" in text
+    assert "400 steps are too short to show [He15]'s trend (--preset full trains 2000)" in text
+    assert "median std / scale over each net's layers: plain-20 1.19, resnet-20 0.99, resnet-56 0.89" in text
+    # a plain net whose scales moved says nothing about the ResNets' depth trend
+    nets = responses_nets(1.02) | {"plain-20": {**responses_nets(0.5)["plain-20"], "arch": "plain"}}
+    assert "too short" in " ".join(responses.findings(nets, cfg))
     text = " ".join(responses.findings(responses_nets(0.5), cfg))
     assert "up to 0.250 from their init of 1" in text and "too short" not in text
 
