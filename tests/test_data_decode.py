@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from resnetlab.cli import main
-from resnetlab.data.folder import FolderDataset, decode_box
+from resnetlab.data.folder import FolderDataset, UnreadableImage, decode_box
 from resnetlab.errors import Error
 
 PHOTO = Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))  # 512 x 600
@@ -109,3 +109,15 @@ def test_a_folder_draws_the_same_crops_with_either_decoding(oriented: dict) -> N
 def test_train_rejects_an_unknown_decode_mode(capsys: pytest.CaptureFixture) -> None:
     assert main(["train", "--data", "imagefolder:/nowhere", "--decode", "fast"]) == 2
     assert "--decode must be one of full, reduced" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["truncated", "foreign", "header only"])
+def test_broken_files_are_unreadable_images_with_reduced_decoding(
+    oriented: dict, tmp_path: Path, damage: str
+) -> None:
+    data = oriented[6].read_bytes()
+    broken = {"truncated": data[: len(data) // 3], "foreign": b"GIF89a not really", "header only": data[:600]}
+    path = tmp_path / "broken.jpg"
+    path.write_bytes(broken[damage])
+    with pytest.raises(UnreadableImage, match="broken.jpg"):
+        decode_box(path, off_centre, 60, reduce=True)
