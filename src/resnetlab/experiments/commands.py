@@ -89,7 +89,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     demo = subparsers.add_parser(
         "demo",
-        help="quick degradation + gradients experiments on Fashion-MNIST and their report (< 10 min, CPU)",
+        help="quick degradation + gradients experiments on Fashion-MNIST and their report "
+        "(6-15 min on 2 CPU cores)",
         description=(demo_module.__doc__ or "").strip(),
     )
     add_config_args(demo, DemoConfig, None)
