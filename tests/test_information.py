@@ -158,3 +158,10 @@ def test_bad_information_flags_are_one_line_errors(flags: list[str], capsys: pyt
     assert main(["experiment", "information", *flags, "--out", "/nonexistent/never-made"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("resnetlab: error:") and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("flags", [["--workers", "-1"], ["--resnet-depths", "21"], ["--steps", "0"]])
+def test_bad_responses_flags_are_one_line_errors(flags: list[str], capsys: pytest.CaptureFixture) -> None:
+    assert main(["experiment", "responses", *flags, "--out", "/nonexistent/never-made"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("resnetlab: error:") and len(err.strip().splitlines()) == 1

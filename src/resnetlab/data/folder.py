@@ -200,18 +200,11 @@ def _to_stored(x: float, y: float, orientation: int, size: tuple[int, int]) -> t
 
 
 def _to_upright(x: float, y: float, orientation: int, size: tuple[int, int]) -> tuple[float, float]:
-    """Stored (x, y) -> upright (x, y): the inverse of `_to_stored`."""
-    w, h = size
-    return {
-        1: (x, y),
-        2: (w - x, y),
-        3: (w - x, h - y),
-        4: (x, h - y),
-        5: (y, x),
-        6: (h - y, x),
-        7: (h - y, w - x),
-        8: (y, w - x),
-    }.get(orientation, (x, y))
+    """Stored (x, y) -> upright (x, y), for a stored `size`: the inverse of `_to_stored`, which is
+    `_to_stored` of the inverse orientation (6 and 8 undo each other, the others themselves) over
+    the upright size."""
+    upright = size[::-1] if orientation in _SWAPS_AXES else size
+    return _to_stored(x, y, {6: 8, 8: 6}.get(orientation, orientation), upright)
 
 
 def _reduced_box(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import multiprocessing
 import os
 from collections.abc import Callable, Sequence
@@ -259,6 +260,14 @@ def depth_colors(depths: Sequence[int]) -> dict[int, str]:
     """One colour per depth, the same in every figure of a run."""
     palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
     return {d: palette[i % len(palette)] for i, d in enumerate(sorted(depths))}
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and population std of the finite values; NaN when none is finite."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return math.nan, math.nan
+    return float(np.mean(finite)), float(np.std(finite))
 
 
 def stack(values: Sequence[Sequence[float]]) -> tuple[list[float], list[float]]:

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure as MplFigure
 from torch import Tensor, nn
 
-from resnetlab.experiments.common import InMemoryImages, log, run_parallel, save_figure
+from resnetlab.experiments.common import InMemoryImages, log, mean_std, run_parallel, save_figure
 from resnetlab.experiments.config import require
 from resnetlab.experiments.record import Figure, Outcome, Table
 from resnetlab.models import ResNet, create_model
@@ -300,10 +300,6 @@ def run(cfg: IdentityConfig, run_dir: Path) -> Outcome:
 # ----------------------------------------------------------------- summary, table, findings
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return float(np.mean(values)), float(np.std(values))
-
-
 def summarize(runs: list[dict]) -> dict[str, dict]:
     """Per arm, over seeds: the training error at step 0 and at the end, the shallow net's error it
     started from, the mean distance from identity of the new blocks at step 0 and at the end."""
@@ -319,7 +315,7 @@ def summarize(runs: list[dict]) -> dict[str, dict]:
             ("shallow", [r["shallow_error"] for r in mine]),
             ("worst", [max(r["train_error"]) for r in mine]),
         ):
-            row[key], row[key + "_std"] = _mean_std(values)
+            row[key], row[key + "_std"] = mean_std(values)
         dist = [r["distance"] for r in mine if r["distance"] and r["distance"][0]]
         row["distance_start"] = float(np.mean([np.mean(d[0]) for d in dist])) if dist else math.nan
         row["distance_end"] = float(np.mean([np.mean(d[-1]) for d in dist])) if dist else math.nan

@@ -47,9 +47,11 @@ from resnetlab.experiments.common import (
     fixed_batches,
     label,
     log,
+    mean_std,
     run_parallel,
     save_figure,
     set_bn_stats,
+    stack,
     train_twin,
 )
 from resnetlab.experiments.config import require
@@ -184,11 +186,9 @@ def summarize(runs: list[dict]) -> dict[str, dict]:
         entry: dict = {"arch": group[0]["arch"], "depth": group[0]["depth"], "seeds": len(group)}
         for when in WHEN:
             for measure in ("input_r2", "effective_rank"):
-                t = np.array([r[when][measure] for r in group], dtype=np.float64)
-                entry[f"{when}_{measure}"] = t.mean(0).tolist()
-                entry[f"{when}_{measure}_std"] = t.std(0).tolist()
-        errors = np.array([r["test_error"] for r in group])
-        entry["test_error"], entry["test_error_std"] = float(errors.mean()), float(errors.std())
+                key = f"{when}_{measure}"
+                entry[key], entry[key + "_std"] = stack([r[when][measure] for r in group])
+        entry["test_error"], entry["test_error_std"] = mean_std([r["test_error"] for r in group])
         out[name] = entry
     return out
 

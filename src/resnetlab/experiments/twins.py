@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -32,7 +32,7 @@ import torch
 from matplotlib.figure import Figure as MplFigure
 from torch import Tensor, nn
 
-from resnetlab.experiments.common import depth_colors, log, run_parallel, save_figure
+from resnetlab.experiments.common import depth_colors, log, mean_std, run_parallel, save_figure
 from resnetlab.experiments.config import require
 from resnetlab.experiments.measures import (
     effective_rank,
@@ -246,14 +246,6 @@ def measure_signal(task: Task, arm: Arm, depth: int, seed: int) -> dict:
     grads = unit_gradient_norms(model, lambda m: task.loss(m(x), y))
     return {"arch": arm.arch, "norm": arm.norm, "depth": depth, "seed": seed, "grad_norm": grads,
             **_representations(model, x)}  # fmt: skip
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and population std of the finite values; NaN when none is finite."""
-    finite = [v for v in values if math.isfinite(v)]
-    if not finite:
-        return math.nan, math.nan
-    return float(np.mean(finite)), float(np.std(finite))
 
 
 def _mean_profile(profiles: list[list[float]]) -> list[float]:
