@@ -11,6 +11,8 @@ import torch
 from resnetlab.data import cifar, mnist
 from resnetlab.data.arrays import ImageArrays, Published, channel_histogram, histogram_stats, split_indices
 from resnetlab.data.folder import DEFAULT_IMAGE_SIZE, FolderDataset, has_test_split, load_folder
+from resnetlab.data.packed import PREFIX as PACKED
+from resnetlab.data.packed import has_packed_test, load_pack
 from resnetlab.data.paths import check_data_dir
 from resnetlab.data.sources import SOURCES
 from resnetlab.errors import Error
@@ -20,7 +22,13 @@ _READERS = {"idx": mnist, "cifar": cifar}
 
 
 def list_datasets() -> list[str]:
-    return [*SOURCES, "imagefolder:PATH"]
+    return [*SOURCES, "imagefolder:PATH", "packed:FILE"]
+
+
+def is_image_files(name: str) -> bool:
+    """Whether `name` is images of any size decoded on the fly and cropped to a chosen side:
+    an image folder (imagefolder:PATH) or a pack of one (packed:FILE)."""
+    return name.startswith(("imagefolder:", PACKED))
 
 
 def has_split(name: str, split: str, *, val_size: int) -> bool:
@@ -33,6 +41,8 @@ def has_split(name: str, split: str, *, val_size: int) -> bool:
         return val_size > 0
     if split == "test" and name.startswith("imagefolder:"):
         return has_test_split(name.removeprefix("imagefolder:"))
+    if split == "test" and name.startswith(PACKED):
+        return has_packed_test(name.removeprefix(PACKED))
     return split in SPLITS
 
 
@@ -78,10 +88,11 @@ def load_dataset(
 ) -> ImageArrays | FolderDataset:
     """One split of a data set: "train" (the training part minus the val hold-out), "val" or "test".
 
-    name: fashion-mnist, mnist, cifar10, cifar100 (in memory, `ImageArrays`) or imagefolder:PATH
-    (decoded on the fly, `FolderDataset`). val: `val_size` training examples held out at random
-    by `seed`, as the paper's 45k/5k CIFAR split [He15 §4.2]. Normalisation statistics come from
-    the train split. strict: an unreadable image in a folder is an error instead of skipped.
+    name: fashion-mnist, mnist, cifar10, cifar100 (in memory, `ImageArrays`), imagefolder:PATH
+    or packed:FILE (decoded on the fly, `FolderDataset`; packs are `resnetlab data pack`'s).
+    val: `val_size` training examples held out at random by `seed`, as the paper's 45k/5k CIFAR
+    split [He15 §4.2]. Normalisation statistics come from the train split. strict: an unreadable
+    image in a folder is an error instead of skipped.
     image_size: a folder's crop side in pixels (0: 224); the other data sets have a fixed size.
     decode: a folder's JPEG decoding, "full" or "reduced" (`folder.decode_box`).
     """
@@ -99,8 +110,20 @@ def load_dataset(
             image_size=image_size or DEFAULT_IMAGE_SIZE,
             decode=decode,
         )
+    if name.startswith(PACKED):
+        return load_pack(
+            name.removeprefix(PACKED),
+            split,
+            val_size=val_size,
+            seed=seed,
+            strict=strict,
+            image_size=image_size or DEFAULT_IMAGE_SIZE,
+            decode=decode,
+        )
     if image_size:
-        raise Error(f"an image size applies to imagefolder:PATH data; {name} images have a fixed size")
+        raise Error(
+            f"an image size applies to imagefolder:PATH and packed:FILE data; {name} images have a fixed size"
+        )
     data = published(name, data_dir, download=download)
     if split == "val" and val_size == 0:
         raise Error(

@@ -13,12 +13,14 @@ centre image_size crop. Both are a single Pillow resize of a box, never a second
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -99,22 +101,18 @@ class FolderDataset(Dataset):
 
     def subset(self, indices: Sequence[int] | torch.Tensor) -> FolderDataset:
         index = np.asarray(indices, dtype=np.int64)
-        return FolderDataset(
-            self.root,
-            self.paths[index],
-            self.labels[index],
-            self.classes,
-            mean=self.mean,
-            std=self.std,
-            image_size=self.image_size,
-            strict=self.strict,
-            resize_size=self.resize_size,
-            interpolation=self.interpolation,
-            decode=self.decode,
-        )
+        picked = copy.copy(self)  # the same settings (and, for a pack, the same open file)
+        picked.paths, picked.labels = self.paths[index], self.labels[index]
+        return picked
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.load(index), int(self.labels[index])
+
+    def decode_view(
+        self, index: int, view: Callable[[tuple[int, int]], tuple[float, float, float, float]]
+    ) -> tuple[Image.Image, tuple[float, float, float, float]]:
+        """Image `index`, upright RGB, and the box `view(its size)` in its pixels (`decode_box`)."""
+        return decode_box(self.path(index), view, self.image_size, reduce=self.decode == "reduced")
 
     def load(self, index: int, rng: np.random.Generator | None = None, *, flip: bool = False) -> torch.Tensor:
         """(3, S, S) uint8: a random-resized crop (maybe mirrored) given `rng`, else the centre view."""
@@ -122,7 +120,7 @@ class FolderDataset(Dataset):
             view = functools.partial(centre_box, crop=self.image_size, resize=self.resize_size)
         else:
             view = functools.partial(random_resized_box, rng=rng)
-        image, box = decode_box(self.path(index), view, self.image_size, reduce=self.decode == "reduced")
+        image, box = self.decode_view(index, view)
         resample = Image.Resampling.BICUBIC if self.interpolation == "bicubic" else Image.Resampling.BILINEAR
         image = image.resize((self.image_size, self.image_size), resample, box=box)
         if flip and rng is not None and rng.random() < 0.5:
@@ -140,14 +138,16 @@ def decode(path: Path, mode: str = "RGB") -> Image.Image:
 
 
 def decode_box(
-    path: Path,
+    path: Path | BinaryIO,
     view: Callable[[tuple[int, int]], tuple[float, float, float, float]],
     out_size: int,
     *,
     mode: str = "RGB",
     reduce: bool = True,
+    name: str | Path | None = None,
 ) -> tuple[Image.Image, tuple[float, float, float, float]]:
-    """The image at `path` (upright, 8-bit `mode`) and the box `view(upright size)` in its pixels.
+    """The image at `path` (a file name or a file object; errors name it `name`), upright, 8-bit
+    `mode`, and the box `view(upright size)` in its pixels.
 
     With `reduce`, a JPEG is decoded at the smallest DCT scale (1/2, 1/4 or 1/8, libjpeg's
     scaled IDCT through Pillow's `draft`) that still leaves at least `out_size` pixels across
@@ -157,9 +157,9 @@ def decode_box(
     """
     try:
         with Image.open(path) as file:
-            orientation = file.getexif().get(_ORIENTATION, 1) if file.format in _EXIF_FORMATS else 1
+            orientation = file.getexif().get(ORIENTATION, 1) if file.format in _EXIF_FORMATS else 1
             stored = file.size
-            upright = stored[::-1] if orientation in _SWAPS_AXES else stored
+            upright = stored[::-1] if orientation in SWAPS_AXES else stored
             box = view(upright)
             scale = 1
             if reduce and file.format == "JPEG":
@@ -172,16 +172,16 @@ def decode_box(
                     scale = round(stored[0] / drafted[1][2]) if drafted else 1
             image = to_mode(ImageOps.exif_transpose(file), mode)
     except Exception as exc:  # Pillow signals bad files with OSError, SyntaxError, ValueError, bomb errors...
-        raise UnreadableImage(f"{path}: {type(exc).__name__}: {exc}") from None
+        raise UnreadableImage(f"{name or path}: {type(exc).__name__}: {exc}") from None
     if scale > 1:
         box = _reduced_box(box, orientation, stored, scale)
     return image, box
 
 
 # EXIF orientation: how the stored pixels map to the upright picture (ImageOps.exif_transpose).
-_ORIENTATION = 0x0112
+ORIENTATION = 0x0112
 _EXIF_FORMATS = frozenset({"JPEG", "TIFF", "PNG", "WEBP", "MPO"})
-_SWAPS_AXES = frozenset({5, 6, 7, 8})
+SWAPS_AXES = frozenset({5, 6, 7, 8})
 
 
 def _to_stored(x: float, y: float, orientation: int, size: tuple[int, int]) -> tuple[float, float]:
@@ -203,7 +203,7 @@ def _to_upright(x: float, y: float, orientation: int, size: tuple[int, int]) -> 
     """Stored (x, y) -> upright (x, y), for a stored `size`: the inverse of `_to_stored`, which is
     `_to_stored` of the inverse orientation (6 and 8 undo each other, the others themselves) over
     the upright size."""
-    upright = size[::-1] if orientation in _SWAPS_AXES else size
+    upright = size[::-1] if orientation in SWAPS_AXES else size
     return _to_stored(x, y, {6: 8, 8: 6}.get(orientation, orientation), upright)
 
 
@@ -258,7 +258,7 @@ def centre_box(size: tuple[int, int], *, crop: int, resize: int) -> tuple[float,
     return left, top, left + side, top + side
 
 
-def _scan(root: Path, split_dir: str, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def scan_split(root: Path, split_dir: str, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(paths relative to root, labels) of every image under root/split_dir/<class>/, links
     followed. A folder reached twice (a link back up the tree, a link to itself, two links to one
     place) is read once, and a class folder only as its own class: folders are remembered by
@@ -368,7 +368,7 @@ def load_folder(
     root = Path(root).expanduser()
     top = train_dir(root)
     classes = sorted(entry.name for entry in os.scandir(root / top) if entry.is_dir())
-    paths, labels = _scan(root, top, classes)
+    paths, labels = scan_split(root, top, classes)
     if len(paths) == 0:
         raise Error(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root / top}; {_LAYOUT}")
     held_out = held_out_size(len(paths), val_size)
@@ -385,7 +385,7 @@ def load_folder(
             )
         if extra := sorted({e.name for e in os.scandir(root / "val") if e.is_dir()} - set(classes)):
             raise Error(f"{root / 'val'} has class folders that train/ lacks: {', '.join(extra[:5])}")
-        paths, labels = _scan(root, "val", classes)
+        paths, labels = scan_split(root, "val", classes)
     return FolderDataset(
         root, paths, labels, classes, mean=mean, std=std, image_size=image_size, strict=strict, decode=decode
     )

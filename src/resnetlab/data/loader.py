@@ -196,7 +196,9 @@ class _FolderItems(Dataset):
     Failures are returned rather than raised, so one bad file out of a million costs one decode,
     not the run. In training an unreadable image is replaced by another training image drawn
     from (seed, epoch, index, attempt): batches keep their size, so every rank still takes the
-    same steps with the same batch shape. Evaluation drops it: a copy would count twice.
+    same steps with the same batch shape. Evaluation drops it: a copy would count twice. Any
+    other resnetlab error (a damaged pack) is returned as the item's fatal line, so the main
+    process can raise it as one line rather than as DataLoader's re-raised traceback.
     """
 
     def __init__(self, dataset: FolderDataset, *, train: bool, augment: Augment, seed: int):
@@ -207,7 +209,7 @@ class _FolderItems(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor | None, int, list[str]]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor | None, int, list[str], str]:
         index, epoch = key
         failures = []
         for attempt in range(1 + _REPLACEMENT_TRIES if self.train else 1):
@@ -219,22 +221,27 @@ class _FolderItems(Dataset):
             except UnreadableImage as exc:
                 failures.append(str(exc))
                 continue
+            except Error as exc:
+                return None, -1, failures, str(exc)
             if self.phase is not None and alternating_mirror(self.phase, torch.tensor([source]), epoch):
                 image = image.flip(-1)  # (3, S, S): mirror W
-            return image, int(self.dataset.labels[source]), failures
-        return None, -1, failures
+            return image, int(self.dataset.labels[source]), failures, ""
+        return None, -1, failures, ""
 
 
-def _collate(items: list, image_size: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    kept = [(image, label) for image, label, _ in items if image is not None]
-    failures = [failure for _, _, failed in items for failure in failed]
+def _collate(items: list, image_size: int) -> tuple[torch.Tensor, torch.Tensor, list[str], str]:
+    kept = [(image, label) for image, label, _, _ in items if image is not None]
+    failures = [failure for _, _, failed, _ in items for failure in failed]
+    fatal = next((line for *_, line in items if line), "")
     if not kept:
         return (
             torch.empty((0, 3, image_size, image_size), dtype=torch.uint8),
             torch.empty(0, dtype=torch.int64),
             failures,
+            fatal,
         )
-    return torch.stack([image for image, _ in kept]), torch.tensor([label for _, label in kept]), failures
+    images, labels = torch.stack([image for image, *_ in kept]), torch.tensor([label for _, label in kept])
+    return images, labels, failures, fatal
 
 
 class FolderLoader:
@@ -313,7 +320,9 @@ class FolderLoader:
     def __iter__(self) -> Iterator[Batch]:
         self.unreadable, first = 0, None
         try:
-            for b, (x, y, failures) in enumerate(self.loader, start=self.sampler.first_batch):
+            for b, (x, y, failures, fatal) in enumerate(self.loader, start=self.sampler.first_batch):
+                if fatal:
+                    raise Error(fatal)
                 if failures and self.dataset.strict:
                     raise UnreadableImage(
                         f"{failures[0]} (strict mode; without --strict such images are replaced or skipped)"

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from resnetlab.data import ImageArrays, load_dataset, make_loader
+from resnetlab.data import ImageArrays, is_image_files, load_dataset, make_loader
 from resnetlab.data.download import fsync_dir
 from resnetlab.errors import Error
 from resnetlab.export.fold import count_bn, fold_bn
@@ -122,7 +122,7 @@ def _images(meta: dict[str, Any], data: str, split: str, count: int, data_dir: s
 def _images_and_labels(
     meta: dict[str, Any], data: str, split: str, count: int | None, data_dir: str | None
 ) -> tuple[Tensor, Tensor]:
-    size = meta.get("image_size", 0) if data.startswith("imagefolder:") else 0
+    size = meta.get("image_size", 0) if is_image_files(data) else 0
     seed = meta.get("seed", 0)
     dataset = load_dataset(
         data, split, data_dir=data_dir, val_size=meta.get("val_size", 0), seed=seed, image_size=size

@@ -15,6 +15,7 @@ import textwrap
 import time
 from pathlib import Path
 
+from resnetlab.data.datasets import is_image_files
 from resnetlab.errors import Error
 from resnetlab.flags import add_field_flags, format_value, given_fields
 from resnetlab.train.checkpoint import inference_weights
@@ -167,8 +168,10 @@ def _train_epilog() -> str:
 
 
 def default_run_dir(cfg: TrainConfig) -> str:
-    """runs/MODEL-DATA-YYYYmmdd-HHMMSS; an image folder is named by its last path component."""
-    data = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(cfg.data.removeprefix("imagefolder:")).name or "data")
+    """runs/MODEL-DATA-YYYYmmdd-HHMMSS; an image folder or pack is named by its last path component."""
+    data = re.sub(
+        r"[^A-Za-z0-9_.-]+", "_", Path(cfg.data.split(":", 1)[-1]).name.removesuffix(".pack") or "data"
+    )
     return str(Path(RUNS_DIR) / f"{cfg.model}-{data}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
@@ -181,7 +184,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
             given["model"] = weights_model(given["init_from"]) or RECIPES[DEFAULT_RECIPE].model
         default = FINETUNE_RECIPE if fine_tuning else DEFAULT_RECIPE
         cfg = dataclasses.replace(get_recipe(args.recipe or default), **given)
-        if cfg.data.startswith("imagefolder:") and "crop_padding" not in given:
+        if is_image_files(cfg.data) and "crop_padding" not in given:
             # The small-image recipes pad and crop; folders take random-resized crops instead. Only
             # a --crop-padding the user typed is a contradiction worth an error (TrainConfig.check).
             cfg = dataclasses.replace(cfg, crop_padding=0)

@@ -30,6 +30,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from resnetlab.data.datasets import is_image_files
 from resnetlab.data.folder import DECODE_MODES
 from resnetlab.errors import Error
 from resnetlab.train.tta import TTA_MODES
@@ -70,7 +71,9 @@ class TrainConfig:
         "auto: the weights' with --init-from, else the data's",
         choices=NORMALIZE,
     )
-    data: str = _opt("fashion-mnist", "fashion-mnist, mnist, cifar10, cifar100 or imagefolder:PATH")
+    data: str = _opt(
+        "fashion-mnist", "fashion-mnist, mnist, cifar10, cifar100, imagefolder:PATH, packed:FILE"
+    )
     data_dir: str | None = _opt(None, "where the data set files are (none: the default search path)")
     train_subset: int | None = _opt(None, "train on only this many examples, chosen by --seed (none: all)")
     classes: tuple[int, ...] = _opt(
@@ -204,11 +207,12 @@ class TrainConfig:
         _require(self.image_size >= 0, "--image-size must be >= 0 (0: 224)")
         _require(self.decode in DECODE_MODES, f"--decode must be one of {', '.join(DECODE_MODES)}")
         _require(
-            self.image_size == 0 or self.data.startswith("imagefolder:"),
-            f"--image-size applies to imagefolder:PATH data; {self.data} images have a fixed size",
+            self.image_size == 0 or is_image_files(self.data),
+            f"--image-size applies to imagefolder:PATH and packed:FILE data; "
+            f"{self.data} images have a fixed size",
         )
         _require(
-            not (self.crop_padding and self.data.startswith("imagefolder:")),
+            not (self.crop_padding and is_image_files(self.data)),
             "--crop-padding applies to in-memory data sets; image folders take random-resized crops",
         )
         _require(

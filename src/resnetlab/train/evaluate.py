@@ -20,7 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import nn
 
-from resnetlab.data import FolderDataset, has_split, load_dataset, make_loader, mirror_warning
+from resnetlab.data import FolderDataset, has_split, is_image_files, load_dataset, make_loader, mirror_warning
 from resnetlab.errors import Error
 from resnetlab.train.checkpoint import require_meta
 from resnetlab.train.distributed import Runtime, resolve_device
@@ -178,7 +178,7 @@ def evaluate_checkpoint(
         )
     if split is None:  # a folder of class folders has no test split, only its held-out val
         split = "test" if has_split(data, "test", val_size=0) else "val"
-    size = (meta.get("image_size") or 0) if data.startswith("imagefolder:") else 0
+    size = (meta.get("image_size") or 0) if is_image_files(data) else 0
     val_size = (meta.get("val_size") or 0) if split == "val" else 0
     dataset = load_dataset(
         data, split, data_dir=data_dir, val_size=val_size, seed=meta.get("seed") or 0, image_size=size
