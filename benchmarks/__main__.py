@@ -1,7 +1,8 @@
 """`python -m benchmarks` (`make bench`): every benchmark module below with its default settings.
 
 Each module also runs alone with flags to extend it, e.g. `python -m benchmarks.throughput --steps 60`.
-benchmarks/time_to_accuracy.py trains to a target accuracy (minutes to hours) and is not in this list.
+benchmarks/time_to_accuracy.py trains to a target accuracy (minutes to hours) and benchmarks/pack.py
+packs 50,000 photos (a quarter of an hour); they are not in this list.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ MODULES = [
     "benchmarks.throughput",
     "benchmarks.inference",
     "benchmarks.pipeline",
+    "benchmarks.first_batch",
+    "benchmarks.decode_accuracy",
     "benchmarks.gpu",
     "benchmarks.ddp",
 ]

@@ -6,6 +6,9 @@ Rows, each at every crop size:
               box, resize it, flip, to a uint8 tensor
   full        resnetlab's `FolderDataset.load` with --decode full: the same box, one resize
   reduced     --decode reduced: JPEGs decoded at the smallest DCT scale that fills the crop
+  pack-320    the folder packed by `resnetlab data pack` (long side at most 320 px, JPEG quality
+              90), read from its memory map with --decode reduced; pack-256 the same at 256 px
+  raw-256     packed with --raw at 256 px: no decoding at all, only the crop's resize
 
 The folder: real-photo JPEGs at ImageNet sizes, made from matplotlib's grace_hopper.jpg: random
 crops, a colour shift, re-encoded at quality 90; 80% about 500x375 and 20% from 800x600 to
@@ -14,7 +17,9 @@ scales them by about W. Rows run in interleaved rounds (each row once, then agai
 their median; ratios are of medians. The last column is the cores it takes to feed a GPU that
 trains at 3,000 img/s (a ResNet-50 in bf16 on one H100).
 
-    python -m benchmarks.pipeline                  # 300 images, 3 rounds: about a minute
+The time to pack the folder (one process) is printed too.
+
+    python -m benchmarks.pipeline                  # 300 images, 3 rounds: about two minutes
     python -m benchmarks.pipeline --images 1000 --sizes 224,160,128 --repeats 5
 """
 
@@ -34,10 +39,13 @@ import torch
 from PIL import Image
 
 from resnetlab.data.folder import FolderDataset, random_resized_box
+from resnetlab.data.packed import load_pack
+from resnetlab.data.packing import pack_folder
 
 PHOTO = Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
 GPU_RATE = 3000  # img/s, ResNet-50 bf16 training on one H100
 ROW = "{:<10} {:>5} {:>9} {:>15} {:>8} {:>14}"
+PACKS = {"pack-320": (320, False), "pack-256": (256, False), "raw-256": (256, True)}  # max side, raw
 
 
 def make_folder(root: Path, n: int, seed: int = 0) -> FolderDataset:
@@ -82,6 +90,11 @@ def resnetlab_path(dataset: FolderDataset, size: int, decode: str) -> Callable:
     return lambda i, rng: view.load(i, rng, flip=True)
 
 
+def packed_path(pack: Path, size: int) -> Callable:
+    view = load_pack(pack, "train", image_size=size, decode="reduced")
+    return lambda i, rng: view.load(i, rng, flip=True)
+
+
 def rate(load: Callable, n: int, seed: int) -> float:
     """Images per second over one pass of `n` images."""
     rng = np.random.default_rng(seed)
@@ -100,7 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     sizes = [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
-        dataset = make_folder(Path(tmp), args.images)
+        dataset = make_folder(Path(tmp) / "photos", args.images)
+        packs, pack_seconds = {}, {}
+        for name, (side, raw) in PACKS.items():
+            packs[name] = Path(tmp) / f"{name}.pack"
+            start = time.perf_counter()
+            pack_folder(dataset.root, packs[name], max_side=side, raw=raw, workers=1)
+            pack_seconds[name] = time.perf_counter() - start
+        pack_bytes = {name: pack.stat().st_size for name, pack in packs.items()}
         rows = {
             (name, size): load
             for size in sizes
@@ -108,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                 ("per-image", per_image(dataset, size)),
                 ("full", resnetlab_path(dataset, size, "full")),
                 ("reduced", resnetlab_path(dataset, size, "reduced")),
+                *((name, packed_path(pack, size)) for name, pack in packs.items()),
             )
         }
         rows[next(iter(rows))](0, np.random.default_rng(0))  # warm the file cache and Pillow
@@ -125,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
                 name, size, f"{median:.0f}", spread, f"{median / base:.2f}x", f"{GPU_RATE / median:.1f}"
             )
         )
+    for name, seconds in pack_seconds.items():
+        megabytes = pack_bytes[name] / 1e6
+        speed = f"{seconds:.1f} s on one core ({args.images / seconds:.0f} img/s)"
+        print(f"{name}: packed in {speed}, {megabytes:.1f} MB")
     return 0
 
 

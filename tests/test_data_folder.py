@@ -218,3 +218,35 @@ def test_data_command_describes_a_folder(tree: Path, capsys) -> None:
     out = capsys.readouterr().out
     assert "train: 15 images, 3x224x224, 3 classes" in out and "test:  6 images" in out
     assert "classes: cat, dog, emu" in out
+
+
+def test_a_folders_statistics_are_computed_once_and_recomputed_when_a_sampled_file_changes(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from resnetlab.data import folder as folder_module
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    first = load_dataset(f"imagefolder:{tree}", "train")
+    assert len(list((tmp_path / "home" / ".cache" / "resnetlab" / "folder-stats").glob("*.json"))) == 1
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded although the statistics were cached")
+
+    monkeypatch.setattr(folder_module, "decode", no_decoding)
+    again = load_dataset(f"imagefolder:{tree}", "test")  # another split, the same train statistics
+    assert (again.mean, again.std) == (first.mean, first.std)
+    monkeypatch.undo()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    changed = tree / "train" / "cat" / "1.png"
+    original = changed.read_bytes()
+    try:
+        Image.new("RGB", (30, 20), (255, 255, 255)).save(changed)
+        brighter = load_dataset(f"imagefolder:{tree}", "train")
+        assert brighter.mean[0] > first.mean[0]  # the changed file missed the cache
+    finally:
+        changed.write_bytes(original)
+    (tmp_path / "home" / ".cache").chmod(0o500)  # an unwritable cache costs time, not the run
+    try:
+        assert load_dataset(f"imagefolder:{tree}", "train", seed=5).num_classes == first.num_classes
+    finally:
+        (tmp_path / "home" / ".cache").chmod(0o700)

@@ -351,7 +351,7 @@ def test_the_data_command_packs_and_describes_a_pack_and_refuses_bad_flags(folde
     assert "28 train, 8 test images" in captured.out and f"--data packed:{out}" in captured.out
     assert main(["data", f"packed:{out}"]) == 0
     text = capsys.readouterr().out
-    assert "JPEG quality 90, long side at most 320 px" in text and "train: 28 images, 3x224x224" in text
+    assert "JPEG quality 90, long side at most 256 px" in text and "train: 28 images, 3x224x224" in text
     for argv, message in (
         (["data", "pack", f"imagefolder:{folder}"], "usage: resnetlab data pack"),
         (["data", "pack", str(folder), "--out", str(out)], "usage: resnetlab data pack"),

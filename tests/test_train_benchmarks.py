@@ -48,13 +48,41 @@ def test_pipeline_table(benchmarks, capsys):
     rows = [
         line.split()
         for line in out.splitlines()
-        if line.split()[:1] in (["per-image"], ["full"], ["reduced"])
+        if line.split()[:1] in (["per-image"], ["full"], ["reduced"], ["pack-320"], ["pack-256"], ["raw-256"])
     ]
-    assert [r[:2] for r in rows] == [["per-image", "64"], ["full", "64"], ["reduced", "64"]]
-    assert rows[0][4] == "1.00x" and "one core of:" in out
+    names = ["per-image", "full", "reduced", "pack-320", "pack-256", "raw-256"]
+    assert [r[:2] for r in rows] == [[name, "64"] for name in names]
+    assert rows[0][4] == "1.00x" and "one core of:" in out and out.count("packed in") == 3
     for row in rows:
         low, high = map(float, row[3].split("-"))
         assert low <= float(row[2]) <= high
+
+
+def test_decode_accuracy_table(benchmarks, capsys):
+    from benchmarks import decode_accuracy
+
+    assert decode_accuracy.main(["--images", "60"]) == 0
+    out = capsys.readouterr().out
+    rows = {line[:32].strip(): line[32:].split() for line in out.splitlines()[2:]}
+    assert list(rows) == [
+        "in memory (28 px originals)",
+        "--decode full",
+        "--decode reduced",
+        "pack (--max-side 56), reduced",
+    ]
+    assert rows["--decode full"][1] == "+0.00" and float(rows["in memory (28 px originals)"][2]) == 0.0
+    assert all(0 < float(row[2]) < 20 for name, row in rows.items() if not name.startswith("in memory"))
+
+
+def test_first_batch_table(benchmarks, capsys):
+    from benchmarks import first_batch
+
+    assert first_batch.main(["--files", "600"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.rsplit(None, 2) for line in out.splitlines()[3:]]
+    assert [row[0] for row in rows] == ["folder, cold", "folder, cached", "pack"]
+    assert [row[1] for row in rows] == ["480", "480", "480"]  # 600 minus the val hold-out (at most 20%)
+    assert all(0 < float(row[2]) < 120 for row in rows)
 
 
 def test_gpu_script_runs_on_the_cpu(benchmarks, capsys):

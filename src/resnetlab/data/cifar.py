@@ -18,8 +18,9 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import numpy as np
 import torch
 
+from resnetlab.atomic import fsync_dir
 from resnetlab.data.arrays import Published
-from resnetlab.data.download import DownloadError, UnwritableFolder, download, fsync_dir, md5sum
+from resnetlab.data.download import DownloadError, UnwritableFolder, download, md5sum
 from resnetlab.data.paths import candidate_dirs, download_dir, manual_install
 from resnetlab.data.sources import SOURCES
 from resnetlab.errors import Error

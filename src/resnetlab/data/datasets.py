@@ -84,7 +84,7 @@ def load_dataset(
     seed: int = 0,
     strict: bool = False,
     image_size: int = 0,
-    decode: str = "full",
+    decode: str = "reduced",
 ) -> ImageArrays | FolderDataset:
     """One split of a data set: "train" (the training part minus the val hold-out), "val" or "test".
 

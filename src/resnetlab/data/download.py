@@ -22,6 +22,7 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
+from resnetlab.atomic import fsync_dir
 from resnetlab.errors import Error
 
 _CHUNK = 1 << 20  # bytes per read
@@ -141,14 +142,3 @@ def _fetch(url: str, out: BinaryIO, label: str, timeout: float) -> dict[str, str
             f"the download of {url} broke off after {received:,} of {total:,} bytes; nothing was saved"
         )
     return {name: digest.hexdigest() for name, digest in digests.items()}
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename in `path` durable; folders cannot be opened for fsync on Windows."""
-    if os.name != "posix":
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

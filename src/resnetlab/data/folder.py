@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
+import json
 import math
 import os
 import sys
@@ -27,7 +29,9 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
+from resnetlab.atomic import write_atomic
 from resnetlab.data.arrays import floor_std, split_indices
+from resnetlab.data.paths import cache_dir
 from resnetlab.errors import Error
 
 IMAGE_EXTENSIONS = frozenset(
@@ -68,7 +72,7 @@ class FolderDataset(Dataset):
         strict: bool = False,
         resize_size: int | None = None,
         interpolation: str = "bilinear",
-        decode: str = "full",
+        decode: str = "reduced",
     ) -> None:
         if decode not in DECODE_MODES:
             raise Error(f"unknown decode mode {decode!r}; use {' or '.join(DECODE_MODES)}")
@@ -145,9 +149,11 @@ def decode_box(
     mode: str = "RGB",
     reduce: bool = True,
     name: str | Path | None = None,
+    upright: bool = False,
 ) -> tuple[Image.Image, tuple[float, float, float, float]]:
     """The image at `path` (a file name or a file object; errors name it `name`), upright, 8-bit
-    `mode`, and the box `view(upright size)` in its pixels.
+    `mode`, and the box `view(upright size)` in its pixels. `upright`: the file is known to be
+    stored upright (a pack's images are), so its EXIF is not read.
 
     With `reduce`, a JPEG is decoded at the smallest DCT scale (1/2, 1/4 or 1/8, libjpeg's
     scaled IDCT through Pillow's `draft`) that still leaves at least `out_size` pixels across
@@ -157,7 +163,9 @@ def decode_box(
     """
     try:
         with Image.open(path) as file:
-            orientation = file.getexif().get(ORIENTATION, 1) if file.format in _EXIF_FORMATS else 1
+            orientation = (
+                1 if upright or file.format not in _EXIF_FORMATS else file.getexif().get(ORIENTATION, 1)
+            )
             stored = file.size
             upright = stored[::-1] if orientation in SWAPS_AXES else stored
             box = view(upright)
@@ -170,7 +178,8 @@ def decode_box(
                     # exactly `scale` for (W // scale, H // scale). It tells the one it chose.
                     drafted = file.draft(file.mode, (stored[0] // scale, stored[1] // scale))
                     scale = round(stored[0] / drafted[1][2]) if drafted else 1
-            image = to_mode(ImageOps.exif_transpose(file), mode)
+            file.load()  # the pixels outlive the file
+            image = to_mode(file if orientation == 1 else ImageOps.exif_transpose(file), mode)
     except Exception as exc:  # Pillow signals bad files with OSError, SyntaxError, ValueError, bomb errors...
         raise UnreadableImage(f"{name or path}: {type(exc).__name__}: {exc}") from None
     if scale > 1:
@@ -303,15 +312,24 @@ def _warn_once(message: str) -> None:
 def estimate_stats(
     root: Path, paths: np.ndarray, seed: int = 0
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel (mean, std) in [0, 1] units over up to 128 of the images, at full resolution."""
+    """Per-channel (mean, std) in [0, 1] units over up to 128 of the images, at full resolution.
+
+    Decoding 128 full-size photos takes seconds, and every split of every run would do it, so the
+    result is kept in `~/.cache/resnetlab/folder-stats/`, under a digest of the folder's path, the
+    seed and the sampled files' names, sizes and modification times: a changed file misses."""
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(paths), size=min(_STATS_SAMPLE, len(paths)), replace=False)
+    files = [root / os.fsdecode(paths[index]) for index in picks]
+    cache = _stats_cache(root, seed, files)
+    try:
+        cached = json.loads(cache.read_text())
+        return tuple(cached["mean"]), tuple(cached["std"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
     total, total_sq, count = np.zeros(3), np.zeros(3), 0
-    for index in picks:
+    for file in files:
         try:
-            pixels = (
-                np.asarray(decode(root / os.fsdecode(paths[index])), dtype=np.float64).reshape(-1, 3) / 255
-            )
+            pixels = np.asarray(decode(file), dtype=np.float64).reshape(-1, 3) / 255
         except UnreadableImage:
             continue  # the loader reports unreadable files; statistics just do without them
         total += pixels.sum(0)
@@ -321,7 +339,24 @@ def estimate_stats(
         raise Error(f"none of the {len(picks)} sampled training images under {root} could be decoded")
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
-    return tuple(mean.tolist()), floor_std(std.tolist())
+    stats = tuple(mean.tolist()), floor_std(std.tolist())
+    try:  # a cache that cannot be written only costs the next run the same seconds
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(cache, json.dumps({"mean": stats[0], "std": stats[1]}).encode())
+    except OSError:
+        pass
+    return stats
+
+
+def _stats_cache(root: Path, seed: int, files: list[Path]) -> Path:
+    digest = hashlib.sha256(f"{os.path.realpath(root)}\0{seed}".encode())
+    for file in files:
+        try:
+            info = os.stat(file)
+            digest.update(b"%s\0%d\0%d\n" % (os.fsencode(file), info.st_size, info.st_mtime_ns))
+        except OSError:
+            digest.update(b"%s\0missing\n" % os.fsencode(file))
+    return cache_dir() / "folder-stats" / f"{digest.hexdigest()[:32]}.json"
 
 
 _LAYOUT = (
@@ -358,7 +393,7 @@ def load_folder(
     seed: int = 0,
     strict: bool = False,
     image_size: int = DEFAULT_IMAGE_SIZE,
-    decode: str = "full",
+    decode: str = "reduced",
 ) -> FolderDataset:
     """`split` of an image folder: the training images minus the hold-out, the hold-out, or val/.
 

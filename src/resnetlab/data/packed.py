@@ -55,6 +55,7 @@ class PackedDataset(FolderDataset):
             self.image_size,
             reduce=self.decode == "reduced",
             name=f"{self.pack.path} image {record}",
+            upright=True,
         )
 
 
@@ -71,7 +72,7 @@ def load_pack(
     seed: int = 0,
     strict: bool = False,
     image_size: int = DEFAULT_IMAGE_SIZE,
-    decode: str = "full",
+    decode: str = "reduced",
 ) -> PackedDataset:
     """`split` of the pack at `path`, split as `load_folder` splits the folder it came from."""
     pack = open_pack(path)

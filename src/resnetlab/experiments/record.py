@@ -13,7 +13,6 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 
 from resnetlab import __version__
+from resnetlab.atomic import write_atomic
 from resnetlab.errors import Error
 
 RESULTS_FILE = "results.json"
@@ -121,21 +121,3 @@ def provenance(device: str, seconds: float, started: datetime.datetime) -> dict[
         "started": started.isoformat(timespec="seconds"),
         "seconds": round(seconds, 1),
     }
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temp file, fsync and rename, so readers never see half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0o022)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

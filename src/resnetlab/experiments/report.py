@@ -17,8 +17,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 from resnetlab import __version__
+from resnetlab.atomic import write_atomic
 from resnetlab.errors import Error
-from resnetlab.experiments.record import REPORT_FILE, RESULTS_FILE, RunRecord, Table, write_atomic
+from resnetlab.experiments.record import REPORT_FILE, RESULTS_FILE, RunRecord, Table
 
 _CSS = """
 body { font: 15px/1.5 system-ui, sans-serif; color: #1d1d1f; max-width: 1100px; margin: 2em auto;

@@ -25,12 +25,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from resnetlab.atomic import fsync_dir, write_atomic
 from resnetlab.data import ImageArrays, is_image_files, load_dataset, make_loader
-from resnetlab.data.download import fsync_dir
 from resnetlab.errors import Error
 from resnetlab.export.fold import count_bn, fold_bn
 from resnetlab.export.runtime import OnnxModel, ProgramModel, require_extra
-from resnetlab.export.sidecar import sidecar_bytes, sidecar_path, write_atomic
+from resnetlab.export.sidecar import sidecar_bytes, sidecar_path
 from resnetlab.models import create_model, list_models
 from resnetlab.models.gpt import LANGUAGE_MODELS
 from resnetlab.weights.cache import sha256sum
@@ -234,7 +234,7 @@ def _remove_leftovers(out: Path) -> None:
     """Delete the temporaries a killed export to `out` left (the names `_temporary` and
     `write_atomic` use), so they do not pile up as hidden files beside it."""
     fp32 = out.with_name(out.stem + ".fp32" + out.suffix)
-    patterns = (f".{out.name}.tmp*", f".{fp32.name}.tmp*", f".{sidecar_path(out).name}.tmp")
+    patterns = (f".{out.name}.tmp*", f".{fp32.name}.tmp*", f".{sidecar_path(out).name}.*tmp")
     for pattern in patterns:
         for leftover in out.parent.glob(pattern):
             leftover.unlink(missing_ok=True)

@@ -10,7 +10,6 @@ and its versions, and the parity and accuracy figures measured before the file w
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +24,6 @@ def sidecar_path(path: str | Path) -> Path:
     """Where the sidecar of an exported file lives: the file's name plus `.json`."""
     path = Path(path)
     return path.with_name(path.name + ".json")
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file in the same folder: fsync, then rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def sidecar_bytes(meta: dict[str, Any], export: dict[str, Any]) -> bytes:

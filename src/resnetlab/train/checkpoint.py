@@ -25,6 +25,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from resnetlab.atomic import fsync_dir
 from resnetlab.errors import Error
 from resnetlab.weights import load_pretrained
 from resnetlab.weights.formats import META_KEY, read_safetensors
@@ -33,16 +34,6 @@ MODEL_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
 STATE_FILE = "train_state.pt"
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename inside `path` durable (POSIX; Windows cannot open directories)."""
-    if os.name == "posix":
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
@@ -67,7 +58,7 @@ def save_weights(path: str | Path, state: dict[str, torch.Tensor], meta: dict[st
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -105,11 +96,11 @@ def save_checkpoint(
             torch.save({**train_state, "step": step}, f)
             f.flush()
             os.fsync(f.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    _fsync_dir(run_dir)
+    fsync_dir(run_dir)
     for old in list_checkpoints(run_dir):
         if old != final:
             shutil.rmtree(old)

@@ -109,9 +109,9 @@ class TrainConfig:
     )
     strict: bool = _opt(False, "image folders: an unreadable image stops the run instead of being skipped")
     decode: str = _opt(
-        "full",
-        "image folders: full, or reduced (JPEGs at the smallest DCT scale, 1/2 to 1/8, that still "
-        "fills the crop: fewer pixels decoded)",
+        "reduced",
+        "image folders and packs: reduced (JPEGs at the smallest DCT scale, 1/2 to 1/8, that still "
+        "fills the crop: fewer pixels decoded, no accuracy lost) or full",
     )
     image_size: int = _opt(
         0,

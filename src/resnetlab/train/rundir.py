@@ -32,6 +32,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
+from resnetlab.atomic import write_atomic
 from resnetlab.errors import Error
 from resnetlab.train.config import TrainConfig
 
@@ -102,7 +103,7 @@ def write_config(run_dir: Path, cfg: TrainConfig, *, dataset: dict[str, Any], wo
         "world_size": world_size,
         "environment": environment(),
     }
-    _atomic_write_text(run_dir / CONFIG_FILE, json.dumps(record, indent=2) + "\n")
+    write_atomic(run_dir / CONFIG_FILE, json.dumps(record, indent=2) + "\n")
 
 
 def read_config(run_dir: Path) -> TrainConfig:
@@ -130,15 +131,6 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class Recorder:
     """The run's history in memory, mirrored into `run_dir` when there is one (rank 0 with --out)."""
 
@@ -148,7 +140,7 @@ class Recorder:
         self._tensorboard = None
         if run_dir is not None:
             # On resume, records written after the checkpoint are dropped: they will be made again.
-            _atomic_write_text(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in self.history))
+            write_atomic(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in self.history))
             self._tensorboard = _tensorboard_writer(run_dir / "tensorboard")
 
     def log(self, record: dict[str, Any]) -> None:
