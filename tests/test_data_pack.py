@@ -281,6 +281,11 @@ def test_a_hostile_header_that_parses_is_still_refused(jpeg_pack, tmp_path):
         {"encoding": "pickle"},
         {"record": [["offset", "<u8"]]},
         {"classes": [1, 2]},
+        {"classes": "ab"},
+        {"data_length": "9"},
+        {"counts": {"train": -1, "test": 0}},
+        {"max_side": 2.5},
+        {"index_sha256": 7},
     ):
         text = json.dumps({**header, **change}).encode()
         out = tmp_path / "hostile.pack"

@@ -208,8 +208,11 @@ def _parse_header(path: Path, text: bytes, length: int) -> PackHeader:
         header = PackHeader(**fields)
         if header.encoding not in ENCODINGS or set(header.counts) != set(SPLITS):
             raise ValueError("unknown encoding or splits")
-        if not all(isinstance(c, str) for c in header.classes) or min(header.counts.values()) < 0:
-            raise ValueError("bad classes or counts")
+        numbers = [header.max_side, header.quality, header.data_length, *header.counts.values()]
+        if not all(type(n) is int and n >= 0 for n in numbers) or not isinstance(header.index_sha256, str):
+            raise ValueError("a size, count or checksum of the wrong type")
+        if not isinstance(header.classes, list) or not all(isinstance(c, str) for c in header.classes):
+            raise ValueError("class names that are not strings")
     except CorruptPack:
         raise
     except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
