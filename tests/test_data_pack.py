@@ -159,7 +159,7 @@ def test_unreadable_images_are_left_out_and_reported_once_at_pack_time(broken_fo
 
 
 def test_a_killed_pack_resumes_from_its_last_whole_chunk_to_the_same_bytes(
-    folder, jpeg_pack, tmp_path, monkeypatch
+    folder, jpeg_pack, tmp_path, monkeypatch, capsys
 ):
     monkeypatch.setattr(packing_module, "CHUNK", 4)
     out = tmp_path / "photos.pack"
@@ -178,6 +178,7 @@ def test_a_killed_pack_resumes_from_its_last_whole_chunk_to_the_same_bytes(
     (partial / ".chunk-0000003.npz.1234.tmp").write_bytes(b"half")  # what a kill mid-write leaves
     report = pack_folder(folder, out, workers=1, progress=seen.append)
     assert report.resumed == 12 and seen[3] == 16  # chunks 0-2 were not packed again
+    assert "resuming: 12 of 36 images were packed before" in capsys.readouterr().err
     assert out.read_bytes() == jpeg_pack.read_bytes()
     assert not partial.exists()
 
@@ -388,3 +389,13 @@ def test_a_jpeg_in_a_pack_is_read_without_a_file(jpeg_pack, monkeypatch):
         train.load(i, np.random.default_rng(i), flip=True)
     assert opened == [str(train.pack.path)]  # one memory map, opened at the first image, serves them all
     assert isinstance(train.pack.image_file(0), io.BytesIO)
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self").is_dir(), reason="uses Linux /proc as a folder no one can write in"
+)
+def test_packing_into_a_folder_no_one_can_write_in_is_one_line(folder, capsys):
+    # /proc refuses new files even to root, for whom chmod 0500 would not
+    assert main(["data", "pack", f"imagefolder:{folder}", "--out", "/proc/photos.pack"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("resnetlab: error: cannot write in /proc") and err.count("\n") == 1, err

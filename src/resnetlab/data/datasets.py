@@ -99,20 +99,10 @@ def load_dataset(
     if split not in SPLITS:
         raise Error(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
     check_data_dir(data_dir)
-    if name.startswith("imagefolder:"):
-        folder = Path(name.removeprefix("imagefolder:"))
-        return load_folder(
-            folder,
-            split,
-            val_size=val_size,
-            seed=seed,
-            strict=strict,
-            image_size=image_size or DEFAULT_IMAGE_SIZE,
-            decode=decode,
-        )
-    if name.startswith(PACKED):
-        return load_pack(
-            name.removeprefix(PACKED),
+    if is_image_files(name):
+        load = load_folder if name.startswith("imagefolder:") else load_pack
+        return load(
+            Path(name.split(":", 1)[1]),
             split,
             val_size=val_size,
             seed=seed,

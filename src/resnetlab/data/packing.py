@@ -101,10 +101,12 @@ def pack_folder(
 
     work = out.parent / f".{out.name}.partial"
     manifest = _manifest(root, paths, labels, split_of, classes, settings)
-    resumed = _prepare(work, manifest)
+    _prepare(work, manifest)
     chunks = [range(i, min(i + CHUNK, len(paths))) for i in range(0, len(paths), CHUNK)]
     todo = [k for k in range(len(chunks)) if not (work / _chunk_name(k)).exists()]
-    done = len(paths) - sum(len(chunks[k]) for k in todo)
+    done = resumed = len(paths) - sum(len(chunks[k]) for k in todo)
+    if resumed:
+        print(f"resuming: {resumed:,} of {len(paths):,} images were packed before", file=sys.stderr)
     jobs = [(str(root), [bytes(p) for p in paths[chunks[k]]], settings) for k in todo]
     with (
         tqdm(total=len(paths), initial=done, unit="img", desc=f"packing {out.name}", file=sys.stderr) as bar,
@@ -147,34 +149,25 @@ def _manifest(
         "root": str(root.resolve()),
         "classes": classes,
         "settings": dataclasses.asdict(settings),
+        "chunk": CHUNK,
         "files": digest.hexdigest(),
     }
 
 
-def _prepare(work: Path, manifest: dict) -> int:
-    """Create `work`, or keep the chunks in it if it was started from the same manifest; the
-    images those chunks hold."""
+def _prepare(work: Path, manifest: dict) -> None:
+    """Create `work`, or keep it and the chunks in it if it was started from the same manifest."""
     path = work / "manifest.json"
     try:
         if json.loads(path.read_text()) == manifest:
-            done = sorted(work.glob("chunk-*.npz"))
-            if done:
-                print(f"resuming: {len(done)} chunk(s) of {CHUNK} images already packed", file=sys.stderr)
-            return sum(_chunk_length(p) for p in done)
+            return
     except (OSError, ValueError):
         pass
     shutil.rmtree(work, ignore_errors=True)
     try:
         work.mkdir()
-        write_atomic(path, json.dumps(manifest).encode())
+        write_atomic(path, json.dumps(manifest))
     except OSError as exc:
         raise Error(f"cannot write in {work.parent}: {exc.strerror or exc}") from None
-    return 0
-
-
-def _chunk_length(path: Path) -> int:
-    with np.load(path, allow_pickle=False) as arrays:
-        return len(arrays["length"])
 
 
 def _pack_chunk(job: tuple[str, list[bytes], _Settings]) -> dict[str, np.ndarray]:
