@@ -237,6 +237,10 @@ def test_a_folders_statistics_are_computed_once_and_recomputed_when_a_sampled_fi
     assert (again.mean, again.std) == (first.mean, first.std)
     monkeypatch.undo()
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (cached,) = (tmp_path / "home" / ".cache" / "resnetlab" / "folder-stats").glob("*.json")
+    for damaged in ('{"mean": "abc", "std": [1]}', "not json", '{"mean": [0.5]}'):
+        cached.write_text(damaged)  # measured again, and the cache mended
+        assert load_dataset(f"imagefolder:{tree}", "train").mean == pytest.approx(first.mean)
     changed = tree / "train" / "cat" / "1.png"
     original = changed.read_bytes()
     try:

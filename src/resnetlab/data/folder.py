@@ -149,11 +149,11 @@ def decode_box(
     mode: str = "RGB",
     reduce: bool = True,
     name: str | Path | None = None,
-    upright: bool = False,
+    known_upright: bool = False,
 ) -> tuple[Image.Image, tuple[float, float, float, float]]:
     """The image at `path` (a file name or a file object; errors name it `name`), upright, 8-bit
-    `mode`, and the box `view(upright size)` in its pixels. `upright`: the file is known to be
-    stored upright (a pack's images are), so its EXIF is not read.
+    `mode`, and the box `view(upright size)` in its pixels. `known_upright`: the file is stored
+    upright (a pack's images are), so its EXIF is not read.
 
     With `reduce`, a JPEG is decoded at the smallest DCT scale (1/2, 1/4 or 1/8, libjpeg's
     scaled IDCT through Pillow's `draft`) that still leaves at least `out_size` pixels across
@@ -164,7 +164,7 @@ def decode_box(
     try:
         with Image.open(path) as file:
             orientation = (
-                1 if upright or file.format not in _EXIF_FORMATS else file.getexif().get(ORIENTATION, 1)
+                1 if known_upright or file.format not in _EXIF_FORMATS else file.getexif().get(ORIENTATION, 1)
             )
             stored = file.size
             upright = stored[::-1] if orientation in SWAPS_AXES else stored
@@ -323,9 +323,11 @@ def estimate_stats(
     cache = _stats_cache(root, seed, files)
     try:
         cached = json.loads(cache.read_text())
-        return tuple(cached["mean"]), tuple(cached["std"])
+        mean, std = (tuple(float(v) for v in cached[key]) for key in ("mean", "std"))
+        if len(mean) == len(std) == 3:
+            return mean, floor_std(std)
     except (OSError, ValueError, KeyError, TypeError):
-        pass
+        pass  # absent or damaged: measure again
     total, total_sq, count = np.zeros(3), np.zeros(3), 0
     for file in files:
         try:

@@ -55,7 +55,7 @@ class PackedDataset(FolderDataset):
             self.image_size,
             reduce=self.decode == "reduced",
             name=f"{self.pack.path} image {record}",
-            upright=True,
+            known_upright=True,
         )
 
 
