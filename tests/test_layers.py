@@ -32,8 +32,6 @@ KNOWN_UPWARD = {
     ("resnetlab.train.evaluate", "resnetlab.export.runtime"),  # exported files as eval sources
     ("resnetlab.train.predict", "resnetlab.export.runtime"),
     ("resnetlab.weights.pretrained", "resnetlab.train.checkpoint"),  # run directories as sources
-    ("resnetlab.weights.ship", "resnetlab.train.checkpoint"),
-    ("resnetlab.weights.ship", "resnetlab.train.evaluate"),
 }
 
 

@@ -73,7 +73,7 @@ def _fashion(
     default: bool = False,
 ) -> WeightsEntry:
     """resnetlab's own Fashion-MNIST weights, shipped in the package; figures measured by
-    `resnetlab eval <model>.<tag>` (python -m resnetlab.weights.ship prints the entry)."""
+    `resnetlab eval <model>.<tag>` (python -m resnetlab.train.ship prints the entry)."""
     return WeightsEntry(
         model=model,
         tag=tag,

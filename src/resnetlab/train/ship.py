@@ -1,6 +1,6 @@
 """Turn a finished run into a weights file that ships in the package (maintainers' tool).
 
-    python -m resnetlab.weights.ship RUN_DIR resnet20.fmnist
+    python -m resnetlab.train.ship RUN_DIR resnet20.fmnist
 
 writes src/resnetlab/weights/shipped/resnet20-fmnist.safetensors: the run's inference weights
 (EMA when kept) with its metadata, plus the tag, the training command, the code version and the
@@ -111,7 +111,7 @@ def _as_typed(command: list[str]) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m resnetlab.weights.ship", description=__doc__.splitlines()[0]
+        prog="python -m resnetlab.train.ship", description=__doc__.splitlines()[0]
     )
     parser.add_argument("run_dir", type=Path, help="a finished run directory")
     parser.add_argument("tag", help="the registry tag, <model>.<tag> (resnet20.fmnist)")
