@@ -619,7 +619,8 @@ def _load_splits(cfg: TrainConfig, *, talk: bool) -> dict[str, Any]:
             ds = load_dataset(cfg.data, split, **kw)
             splits[split] = select_classes(ds, cfg.classes) if cfg.classes else ds
         elif talk:
-            why = "--val-size is 0" if split == "val" else "the folder has no val/ beside train/"
+            folder = "the folder has" if cfg.data.startswith("imagefolder:") else "the pack's folder had"
+            why = "--val-size is 0" if split == "val" else f"{folder} no val/ beside train/"
             print(f"resnetlab: no {split} split to evaluate ({why})", file=sys.stderr)
     if talk and (flat := floored_channels(train.std)):
         print(
@@ -631,7 +632,7 @@ def _load_splits(cfg: TrainConfig, *, talk: bool) -> dict[str, Any]:
         total = len(splits["val"]) + len(train)
         print(
             f"resnetlab: holding out {len(splits['val'])} of the {total} training images as the val split "
-            f"(--val-size {cfg.val_size} is capped at {MAX_VAL_FRACTION:.0%} of a folder)",
+            f"(--val-size {cfg.val_size} is capped at {MAX_VAL_FRACTION:.0%} of a folder or pack)",
             file=sys.stderr,
         )
     return splits
