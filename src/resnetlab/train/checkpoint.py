@@ -14,21 +14,19 @@ therefore leaves the previous checkpoint whole.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
 import torch
 from torch import nn
 
 from resnetlab.atomic import fsync_dir
 from resnetlab.errors import Error
 from resnetlab.weights import load_pretrained
-from resnetlab.weights.formats import META_KEY, read_safetensors
+from resnetlab.weights.formats import read_safetensors, weights_bytes
 
 MODEL_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
@@ -41,12 +39,6 @@ def _write_bytes(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-
-
-def weights_bytes(state: dict[str, torch.Tensor], meta: dict[str, Any]) -> bytes:
-    """A safetensors file's bytes; tensors go to contiguous CPU memory (channels_last included)."""
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    return safetensors.torch.save(tensors, metadata={META_KEY: json.dumps(meta)})
 
 
 def save_weights(path: str | Path, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:

@@ -31,6 +31,13 @@ _STORAGE = re.compile(r"torch\.\w*Storage")  # storage types, which the restrict
 _NESTED = ("state_dict", "model", "state_dict_ema")  # where training checkpoints keep the weights
 
 
+def weights_bytes(state: dict[str, torch.Tensor], meta: dict[str, Any]) -> bytes:
+    """A resnetlab .safetensors file's bytes: the tensors (made contiguous on the CPU, channels_last
+    included) and `meta` as JSON under `META_KEY` in the header."""
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    return safetensors.torch.save(tensors, metadata={META_KEY: json.dumps(meta)})
+
+
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """(state dict on the CPU, resnetlab metadata or None) of a .safetensors or torch.save file."""
     if path.suffix == ".safetensors":

@@ -1,15 +1,15 @@
 """`create_model(name, pretrained=...)`: find the weights, build the model to fit them, load them.
 
 `pretrained` is True (the model's default tag), a tag ("tv2_in1k" or "resnet50.tv2_in1k"), a
-local file (torchvision .pth, timm or resnetlab .safetensors), an http(s) URL, or a resnetlab run
-directory. The model gets `pretrained_cfg`: what it expects as input and what its outputs mean,
+local file (torchvision .pth, timm or resnetlab .safetensors), an http(s) URL, a resnetlab run
+directory, or a folder in the Hugging Face Hub layout timm uses (`local-dir:PATH` or PATH; see
+weights/hf.py). The model gets `pretrained_cfg`: what it expects as input and what its outputs mean,
 under the names a resnetlab run stores with its weights (train/engine.py `_model_meta`).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 from dataclasses import dataclass
@@ -21,6 +21,7 @@ from torch import nn
 
 from resnetlab.errors import Error
 from resnetlab.models.registry import get_builder
+from resnetlab.weights import hf
 from resnetlab.weights.adapt import HEAD, fit_state_dict
 from resnetlab.weights.cache import fetch, fetch_url, verify
 from resnetlab.weights.classes import class_names
@@ -39,6 +40,7 @@ class Located:
     path: Path
     entry: WeightsEntry | None
     source: str  # the URL or path it came from, for pretrained_cfg["source"]
+    config: dict[str, Any] | None = None  # an HF folder's config.json, as resnetlab metadata
 
 
 def locate(pretrained: object, model: str | None = None) -> Located:
@@ -55,7 +57,11 @@ def locate(pretrained: object, model: str | None = None) -> Located:
     if text.startswith(("http://", "https://")):
         entry = find_by_url(text)
         return _from_entry(entry) if entry else Located(fetch_url(text), None, text)
-    path = Path(text).expanduser()
+    path = Path(text.removeprefix(hf.PREFIX)).expanduser()
+    if text.startswith(hf.PREFIX) and not hf.is_hf_folder(path):
+        raise Error(f"{path} is not a folder with {hf.CONFIG_FILE} (timm's layout) and {hf.WEIGHTS_FILE}")
+    if path.is_dir() and hf.is_hf_folder(path):
+        return Located(path / hf.WEIGHTS_FILE, None, str(path), hf.read_config(path))
     if path.exists():
         if path.is_dir():
             from resnetlab.train.checkpoint import inference_weights  # lazy: train imports models
@@ -86,6 +92,7 @@ def load_pretrained(model: str | None, pretrained: object, **kwargs: Any) -> nn.
     """
     found = locate(pretrained, model)
     state, meta = read_checkpoint(found.path)
+    meta = meta or found.config  # a folder resnetlab wrote has its own; timm's has config.json only
     entry = found.entry
     if meta is not None:
         missing = [key for key in _RESNETLAB_KEYS if key not in meta]
@@ -136,7 +143,8 @@ def _pretrained_cfg(
     """What the weights expect as input and what their outputs mean; None where unknown."""
     entry = found.entry
     preprocess = {key: meta.get(key) for key in ("mean", "std", "image_size", "resize_size")}
-    preprocess["interpolation"] = "bilinear" if meta else None  # resnetlab's folders resize bilinearly
+    # timm folders say; resnetlab's runs record it, or resized bilinearly before they did
+    preprocess["interpolation"] = meta.get("interpolation") or ("bilinear" if meta else None)
     classes, dataset = meta.get("classes"), meta.get("data")
     if entry is not None:
         hub = _hub_config(found.path) if entry.config_url else {}
@@ -177,7 +185,7 @@ def _per_channel(values: list[float] | None, in_chans: int) -> list[float] | Non
 
 def _hub_config(weights: Path) -> dict[str, Any]:
     """Preprocessing from a timm hub `config.json` next to the weights (`pretrained_cfg`)."""
-    path = weights.with_name("config.json")
+    path = weights.with_name(hf.CONFIG_FILE)
     try:
         cfg = json.loads(path.read_text(encoding="utf-8")).get("pretrained_cfg", {})
     except FileNotFoundError:
@@ -186,14 +194,4 @@ def _hub_config(weights: Path) -> dict[str, Any]:
         ) from None
     except (json.JSONDecodeError, AttributeError) as exc:
         raise Error(f"{path} is not a timm config.json ({exc})") from None
-    out: dict[str, Any] = {
-        "mean": cfg.get("mean"),
-        "std": cfg.get("std"),
-        "interpolation": cfg.get("interpolation"),
-    }
-    if "input_size" in cfg:
-        out["image_size"] = int(cfg["input_size"][-1])
-        # timm's evaluation resize: short side floor(crop / crop_pct), then the centre crop
-        # (0.875 is timm's default crop_pct, used when the file gives none).
-        out["resize_size"] = math.floor(out["image_size"] / float(cfg.get("crop_pct", 0.875)))
-    return out
+    return hf.preprocessing(cfg)

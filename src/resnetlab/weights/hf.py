@@ -1,0 +1,170 @@
+"""Weights folders in the Hugging Face Hub layout timm reads and writes.
+
+A folder holds `model.safetensors`, `config.json` and a `README.md` model card. config.json is
+timm's (`timm.models.load_model_config_from_hf`): `architecture` (a model name; timm's and
+resnetlab's agree for the ImageNet ResNets), `num_classes`, `num_features`, `global_pool`,
+`model_args` (builder arguments beyond the defaults), `label_names` and `pretrained_cfg`
+(`input_size` [C, S, S], `crop_pct`, `interpolation`, `mean`, `std`, ...). resnetlab also keeps
+its own metadata in the safetensors header, which timm ignores, so a folder it writes reads back
+exactly; a folder from timm or the Hub is read from config.json alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+from resnetlab.atomic import fsync_dir, write_atomic
+from resnetlab.errors import Error
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+CARD_FILE = "README.md"
+PREFIX = "local-dir:"  # timm's spelling of a local folder in this layout
+# resnetlab models timm builds under the same name with the same state-dict keys.
+TIMM_MODELS = frozenset(
+    {
+        "resnet18",
+        "resnet18d",
+        "resnet34",
+        "resnet34d",
+        "resnet50",
+        "resnet50d",
+        "resnet101",
+        "resnet101d",
+        "resnet152",
+        "resnet152d",
+        "resnext50_32x4d",
+        "resnext101_32x8d",
+        "resnext101_64x4d",
+        "wide_resnet50_2",
+        "wide_resnet101_2",
+    }
+)
+_TIMM_ARGS = frozenset({"in_chans", "num_classes", "drop_rate", "drop_path_rate"})  # same meaning in timm
+_TIMM_INTERPOLATIONS = frozenset({"bilinear", "bicubic", "nearest"})
+
+
+def is_hf_folder(path: Path) -> bool:
+    """Whether `path` is a folder in this layout (a run directory's config.json has no architecture)."""
+    try:
+        config = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "architecture" in config and (path / WEIGHTS_FILE).is_file()
+
+
+def timm_loads(meta: dict[str, Any]) -> bool:
+    """Whether timm builds the model `meta` describes, with the same weights and the same outputs."""
+    return meta["model"] in TIMM_MODELS and set(meta.get("model_kwargs") or {}) <= _TIMM_ARGS
+
+
+def crop_pct(image_size: int, resize_size: int) -> float:
+    """timm's crop_pct for a centre crop of `image_size` after resizing the short side to
+    `resize_size`: the float that timm's floor(image_size / crop_pct) turns back into resize_size."""
+    pct = image_size / resize_size
+    while math.floor(image_size / pct) < resize_size:
+        pct = math.nextafter(pct, 0.0)
+    while math.floor(image_size / pct) > resize_size:
+        pct = math.nextafter(pct, 1.0)
+    return pct
+
+
+def pretrained_cfg(meta: dict[str, Any]) -> dict[str, Any]:
+    """timm's `pretrained_cfg` for resnetlab metadata (mean, std, sizes, interpolation, classes)."""
+    size, resize = int(meta["image_size"]), int(meta.get("resize_size") or meta["image_size"])
+    interpolation = meta.get("interpolation") or "bilinear"
+    return {
+        "tag": meta.get("tag") or "resnetlab",
+        "input_size": [int(meta["in_chans"]), size, size],
+        "fixed_input_size": False,
+        "interpolation": interpolation if interpolation in _TIMM_INTERPOLATIONS else "bilinear",
+        "crop_pct": crop_pct(size, resize),
+        "crop_mode": "center",
+        "mean": list(meta["mean"]),
+        "std": list(meta["std"]),
+        "num_classes": int(meta["num_classes"]),
+        "first_conv": "conv1",
+        "classifier": "fc",
+    }
+
+
+def preprocessing(cfg: dict[str, Any]) -> dict[str, Any]:
+    """resnetlab's preprocessing keys from a timm `pretrained_cfg` (resize by timm's own rule)."""
+    out: dict[str, Any] = {key: cfg.get(key) for key in ("mean", "std", "interpolation")}
+    if "input_size" in cfg:
+        out["image_size"] = int(cfg["input_size"][-1])
+        # timm's evaluation resize: short side floor(crop / crop_pct), then the centre crop
+        # (0.875 is timm's default crop_pct, used when the file gives none).
+        out["resize_size"] = math.floor(out["image_size"] / float(cfg.get("crop_pct", 0.875)))
+    return out
+
+
+def hf_config(meta: dict[str, Any], num_features: int) -> dict[str, Any]:
+    """The config.json of a folder holding the weights `meta` describes."""
+    args = {k: v for k, v in (meta.get("model_kwargs") or {}).items() if k != "num_classes"}
+    if int(meta["in_chans"]) != 3:
+        args["in_chans"] = int(meta["in_chans"])
+    config: dict[str, Any] = {
+        "architecture": meta["model"],
+        "num_classes": int(meta["num_classes"]),
+        "num_features": num_features,
+        "global_pool": "avg",
+        "model_args": args,
+        "pretrained_cfg": pretrained_cfg(meta),
+    }
+    if meta.get("classes"):
+        config["label_names"] = list(meta["classes"])
+    return config
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """resnetlab metadata (model, kwargs, shape, classes, preprocessing) from a folder's config.json."""
+    path = folder / CONFIG_FILE
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+        arch, cfg = config["architecture"], config.get("pretrained_cfg") or {}
+        args = dict(config.get("model_args") or {})
+        input_size = cfg.get("input_size") or [args.get("in_chans", 3), 224, 224]
+        meta = {
+            "model": str(arch),
+            "model_kwargs": {k: v for k, v in args.items() if k not in ("in_chans", "num_classes")},
+            "num_classes": int(config.get("num_classes", cfg.get("num_classes", 1000))),
+            "in_chans": int(args.get("in_chans", input_size[0])),
+            "classes": config.get("label_names") or cfg.get("label_names"),
+            **preprocessing(cfg),
+        }
+    except OSError as exc:
+        raise Error(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        raise Error(f"{path} is not a timm config.json ({type(exc).__name__}: {exc})") from None
+    return meta
+
+
+def write_folder(out: Path, files: dict[str, bytes]) -> None:
+    """Create folder `out` holding `files` (name -> bytes) whole or not at all: written into a
+    hidden folder beside it, fsynced, renamed. An existing `out` must be empty."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise Error(f"--out {out} exists and is not an empty folder; remove it or name another")
+    if not out.parent.is_dir():
+        raise Error(f"--out {out}: folder {out.parent} does not exist")
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        tmp.mkdir()
+        for name, data in files.items():
+            write_atomic(tmp / name, data)
+        fsync_dir(tmp)
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+        fsync_dir(out.parent)
+    except OSError as exc:
+        raise Error(f"cannot write {out}: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
