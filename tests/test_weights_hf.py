@@ -170,7 +170,7 @@ def test_local_dir_needs_the_layout_and_export_needs_an_empty_place(tmp_path, ca
             ["export", "resnet20.fmnist", "--format", "hf", "--int8", "--out", str(tmp_path / "x")],
             "--int8 apply to",
         ),
-        (["export", "resnet18", "--format", "hf", "--out", str(tmp_path / "y")], "unknown weights 'resnet18'"),
+        (["export", "resnet18", "--format", "hf", "--out", str(tmp_path / "y")], "unknown weights"),
     ):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
