@@ -17,6 +17,7 @@ from resnetlab.cli import main
 from resnetlab.errors import Error
 from resnetlab.export.hub import export_hf
 from resnetlab.models import create_model
+from resnetlab.train.commands import weights_model
 from resnetlab.weights import hf
 from resnetlab.weights.formats import weights_bytes
 
@@ -100,6 +101,8 @@ def test_a_folder_timm_wrote_is_read_from_its_config_alone(tmp_path):
         "bicubic",
     )  # floor(224/0.95)
     assert cfg["classes"] == CLASSES and cfg["mean"] == [0.485, 0.456, 0.406]
+    # `train --init-from` finds the model to build in the folder, as it does for a tag
+    assert weights_model(f"local-dir:{folder}") == weights_model(str(folder)) == "resnet18"
 
 
 def test_a_cifar_net_timm_lacks_still_writes_a_folder_that_says_so_and_reads_back(tmp_path, capsys):

@@ -26,6 +26,7 @@ from resnetlab.train.evaluate import evaluate_checkpoint, format_report
 from resnetlab.train.predict import predict
 from resnetlab.train.rundir import read_config
 from resnetlab.train.tta import TTA_MODES
+from resnetlab.weights import hf
 from resnetlab.weights.formats import read_checkpoint
 from resnetlab.weights.registry import find_by_path, find_by_url, get_weights
 
@@ -209,11 +210,14 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
 
 def weights_model(source: str) -> str | None:
     """The model that the weights `source` names hold, found without downloading anything: a
-    registry tag's, a resnetlab run's or weights file's; None where only loading would tell."""
+    registry tag's, a resnetlab run's or weights file's, a Hub folder's; None where only loading
+    would tell."""
     if source.startswith(("http://", "https://")):
         entry = find_by_url(source)
         return entry.model if entry else None
-    path = Path(source).expanduser()
+    path = Path(source.removeprefix(hf.PREFIX)).expanduser()
+    if hf.is_hf_folder(path):
+        return hf.read_config(path)["model"]
     if path.exists():
         weights = inference_weights(path)
         entry = find_by_path(weights)
