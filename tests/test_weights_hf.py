@@ -103,6 +103,12 @@ def test_a_folder_timm_wrote_is_read_from_its_config_alone(tmp_path):
     assert cfg["classes"] == CLASSES and cfg["mean"] == [0.485, 0.456, 0.406]
     # `train --init-from` finds the model to build in the folder, as it does for a tag
     assert weights_model(f"local-dir:{folder}") == weights_model(str(folder)) == "resnet18"
+    del config["label_names"]
+    config["num_classes"] = 1000  # timm's ImageNet repositories name no classes: ImageNet-1k's are meant
+    (folder / "config.json").write_text(json.dumps(config))
+    safetensors.torch.save_file(create_model("resnet18").state_dict(), folder / "model.safetensors")
+    imagenet = create_model("resnet18", pretrained=str(folder)).pretrained_cfg
+    assert len(imagenet["classes"]) == 1000 and imagenet["classes"][1] == "goldfish"
 
 
 def test_a_cifar_net_timm_lacks_still_writes_a_folder_that_says_so_and_reads_back(tmp_path, capsys):

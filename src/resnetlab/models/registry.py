@@ -72,6 +72,12 @@ def create_model(name: str, *, pretrained: object = None, **kwargs: object) -> n
     ("tv2_in1k", "resnet50.tv2_in1k"), a checkpoint file, a URL or a resnetlab run directory
     loads them (see resnetlab.weights) and sets `model.pretrained_cfg`.
     """
+    if name.startswith(("hf-hub:", "local-dir:")):  # timm's spelling: the repository names the model
+        if pretrained is not True:
+            raise ValueError(f"create_model({name!r}) loads that repository's weights: give pretrained=True")
+        from resnetlab.weights import load_pretrained
+
+        return load_pretrained(None, name, **kwargs)
     if pretrained is None or pretrained is False:
         return get_builder(name)(**kwargs)
     get_builder(name)  # an unknown name fails before any download

@@ -26,7 +26,7 @@ from resnetlab.train.evaluate import evaluate_checkpoint, format_report
 from resnetlab.train.predict import predict
 from resnetlab.train.rundir import read_config
 from resnetlab.train.tta import TTA_MODES
-from resnetlab.weights import hf
+from resnetlab.weights import hf, hub
 from resnetlab.weights.formats import read_checkpoint
 from resnetlab.weights.registry import find_by_path, find_by_url, get_weights
 
@@ -215,6 +215,8 @@ def weights_model(source: str) -> str | None:
     if source.startswith(("http://", "https://")):
         entry = find_by_url(source)
         return entry.model if entry else None
+    if source.startswith(hub.PREFIX):  # its config.json alone says (a few hundred bytes)
+        return hf.read_config(hub.fetch(source, files=(hf.CONFIG_FILE,)))["model"]
     path = Path(source.removeprefix(hf.PREFIX)).expanduser()
     if hf.is_hf_folder(path):
         return hf.read_config(path)["model"]

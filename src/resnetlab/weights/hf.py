@@ -21,6 +21,7 @@ from typing import Any
 
 from resnetlab.atomic import fsync_dir, write_atomic
 from resnetlab.errors import Error
+from resnetlab.weights.classes import class_names
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -139,6 +140,9 @@ def read_config(folder: Path) -> dict[str, Any]:
             "classes": config.get("label_names") or cfg.get("label_names"),
             **preprocessing(cfg),
         }
+        if meta["classes"] is None and meta["num_classes"] == 1000:
+            # timm's ImageNet repositories carry no names: theirs are ImageNet-1k's, in index order
+            meta["classes"], meta["dataset"] = list(class_names("imagenet-1k")), "imagenet-1k"
     except OSError as exc:
         raise Error(f"cannot read {path}: {exc.strerror or exc}") from None
     except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:

@@ -2,9 +2,10 @@
 
 `pretrained` is True (the model's default tag), a tag ("tv2_in1k" or "resnet50.tv2_in1k"), a
 local file (torchvision .pth, timm or resnetlab .safetensors), an http(s) URL, a resnetlab run
-directory, or a folder in the Hugging Face Hub layout timm uses (`local-dir:PATH` or PATH; see
-weights/hf.py). The model gets `pretrained_cfg`: what it expects as input and what its outputs mean,
-under the names a resnetlab run stores with its weights (train/engine.py `_model_meta`).
+directory, or a repository or folder in the Hugging Face Hub layout timm uses (`hf-hub:ORG/NAME`,
+weights/hub.py; `local-dir:PATH` or PATH, weights/hf.py). The model gets `pretrained_cfg`: what
+it expects as input and what its outputs mean, under the names a resnetlab run stores with its
+weights (train/engine.py `_model_meta`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch import nn
 
 from resnetlab.errors import Error
 from resnetlab.models.registry import get_builder
-from resnetlab.weights import hf
+from resnetlab.weights import hf, hub
 from resnetlab.weights.adapt import HEAD, fit_state_dict
 from resnetlab.weights.cache import fetch, fetch_url, verify
 from resnetlab.weights.classes import class_names
@@ -57,6 +58,9 @@ def locate(pretrained: object, model: str | None = None) -> Located:
     if text.startswith(("http://", "https://")):
         entry = find_by_url(text)
         return _from_entry(entry) if entry else Located(fetch_url(text), None, text)
+    if text.startswith(hub.PREFIX):
+        folder = hub.fetch(text)
+        return Located(folder / hf.WEIGHTS_FILE, None, text, hf.read_config(folder))
     path = Path(text.removeprefix(hf.PREFIX)).expanduser()
     if text.startswith(hf.PREFIX) and not hf.is_hf_folder(path):
         raise Error(f"{path} is not a folder with {hf.CONFIG_FILE} (timm's layout) and {hf.WEIGHTS_FILE}")
