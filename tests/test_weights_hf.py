@@ -150,6 +150,11 @@ def _folder(tmp_path: Path, config: object, weights: bool = True) -> Path:
         ({"architecture": "resnet18", "num_classes": "many"}, "is not a timm config.json"),
         ({"architecture": "resnet18", "pretrained_cfg": {"input_size": 5}}, "is not a timm config.json"),
         ({"architecture": "resnet18", "model_args": [1]}, "is not a timm config.json"),
+        (
+            {"architecture": "resnet18", "pretrained_cfg": {"input_size": [3, 9, 9], "crop_pct": 0}},
+            "out of range",
+        ),
+        ({"architecture": "resnet18", "model_args": {"groups": "x"}}, "groups must be an integer"),
     ],
 )
 def test_a_bad_or_foreign_folder_is_one_line(tmp_path, capsys, config, message):

@@ -102,7 +102,10 @@ def preprocessing(cfg: dict[str, Any]) -> dict[str, Any]:
         out["image_size"] = int(cfg["input_size"][-1])
         # timm's evaluation resize: short side floor(crop / crop_pct), then the centre crop
         # (0.875 is timm's default crop_pct, used when the file gives none).
-        out["resize_size"] = math.floor(out["image_size"] / float(cfg.get("crop_pct", 0.875)))
+        pct = float(cfg.get("crop_pct", 0.875))
+        if not (0 < pct <= 4 and 0 < out["image_size"] <= 65535):
+            raise ValueError(f"crop_pct {pct} or input size {out['image_size']} out of range")
+        out["resize_size"] = math.floor(out["image_size"] / pct)
     return out
 
 
