@@ -191,3 +191,10 @@ def test_local_dir_needs_the_layout_and_export_needs_an_empty_place(tmp_path, ca
         assert message in err and err.count("\n") == 1, err
     assert (taken / "keep.txt").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "taken"]  # nothing half-written
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="uses /proc, a folder no one can write in")
+def test_exporting_into_a_folder_no_one_can_write_in_is_one_line(capsys):
+    assert main(["export", "resnet20.fmnist", "--format", "hf", "--out", "/proc/r20-hf"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("resnetlab: error: cannot write /proc/r20-hf") and err.count("\n") == 1, err
