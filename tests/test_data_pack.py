@@ -26,9 +26,10 @@ from resnetlab.data.folder import FolderDataset
 from resnetlab.data.pack import MAGIC, CorruptPack, Pack, open_pack
 from resnetlab.data.packed import PackedDataset
 from resnetlab.data.packing import pack_folder
+from resnetlab.errors import Error
 from resnetlab.train import TrainConfig, fit
-from resnetlab.train import engine as engine_module
 from resnetlab.train.checkpoint import latest_checkpoint
+from run_fixtures import assert_same_weights, fit_stopped_at_step
 
 CLASSES = ("circle", "square")
 
@@ -201,6 +202,37 @@ def test_a_partial_pack_of_a_folder_that_changed_since_starts_over(tmp_path, mon
     assert out.read_bytes() == fresh.read_bytes()
 
 
+@pytest.mark.parametrize("damage", [b"not a zip at all", b"rows"])
+def test_a_damaged_chunk_of_an_interrupted_pack_is_one_line_and_packed_anew_next_time(
+    folder, jpeg_pack, tmp_path, monkeypatch, damage
+):
+    monkeypatch.setattr(packing_module, "CHUNK", 4)
+    out = tmp_path / "photos.pack"
+
+    def killed(done: int) -> None:
+        if done == 8:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pack_folder(folder, out, workers=1, progress=killed)
+    chunk = tmp_path / ".photos.pack.partial" / "chunk-0000001.npz"
+    if damage == b"rows":  # a readable .npz whose rows do not agree with its bytes
+        with np.load(chunk) as arrays:
+            parts = {name: arrays[name] for name in arrays.files}
+        parts["length"] = parts["length"] + 1
+        np.savez(chunk, **parts)
+    else:
+        chunk.write_bytes(damage)
+    with pytest.raises(
+        Error, match=r"chunk-0000001.npz of the interrupted pack is damaged .* run the command again"
+    ):
+        pack_folder(folder, out, workers=1)
+    assert not out.exists() and not chunk.exists()
+    report = pack_folder(folder, out, workers=1)
+    assert report.resumed == 32  # every chunk but the damaged one was kept; it alone is packed anew
+    assert out.read_bytes() == jpeg_pack.read_bytes()
+
+
 def _damaged(pack: Path, tmp_path: Path, how: str) -> Path:
     data = bytearray(pack.read_bytes())
     header = open_pack(pack).header
@@ -313,25 +345,11 @@ def test_a_run_on_a_pack_stopped_mid_epoch_resumes_to_the_same_weights(jpeg_pack
         crop_padding=0,
     )
     whole = fit(dataclasses.replace(cfg, out=str(tmp_path / "whole")))
-    real_step, calls = engine_module.train_step, []
-
-    def crashing_step(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 8:  # epoch 1 (6 steps each), after the checkpoint at step 6
-            raise KeyboardInterrupt
-        return real_step(*args, **kwargs)
-
     broken = dataclasses.replace(cfg, out=str(tmp_path / "broken"))
-    monkeypatch.setattr(engine_module, "train_step", crashing_step)
-    with pytest.raises(KeyboardInterrupt):
-        fit(broken)
-    monkeypatch.setattr(engine_module, "train_step", real_step)
+    fit_stopped_at_step(monkeypatch, broken, 8)  # epoch 1 (6 steps each), after the checkpoint at step 6
     assert latest_checkpoint(tmp_path / "broken").name == "checkpoint-00000006"
     resumed = fit(broken, resume=True)
-    for (name, a), b in zip(
-        whole.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
-    ):
-        assert torch.equal(a, b), name
+    assert_same_weights(whole.model, resumed.model)
 
 
 def test_two_ranks_read_disjoint_strides_that_cover_the_pack(jpeg_pack):

@@ -17,6 +17,7 @@ from resnetlab.train import engine as engine_module
 from resnetlab.train.checkpoint import MODEL_FILE, latest_checkpoint, list_checkpoints, load_weights
 from resnetlab.train.distributed import Runtime
 from resnetlab.train.rundir import read_metrics
+from run_fixtures import fit_stopped_at_step
 
 # A 4-block CIFAR ResNet (75k parameters) on a slice of the real data: seconds per run.
 TINY = dataclasses.replace(
@@ -106,19 +107,8 @@ def test_stop_and_resume_gives_the_same_weights_as_one_run(tmp_path, monkeypatch
     )
     whole = fit(dataclasses.replace(cfg, out=str(tmp_path / "whole")))
 
-    real_step, calls = engine_module.train_step, []
-
-    def crashing_step(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 11:
-            raise _Crash
-        return real_step(*args, **kwargs)
-
     broken = dataclasses.replace(cfg, out=str(tmp_path / "broken"))
-    monkeypatch.setattr(engine_module, "train_step", crashing_step)
-    with pytest.raises(_Crash):
-        fit(broken)
-    monkeypatch.setattr(engine_module, "train_step", real_step)
+    fit_stopped_at_step(monkeypatch, broken, 11, _Crash)
     assert latest_checkpoint(tmp_path / "broken").name == "checkpoint-00000008"
     resumed = fit(broken, resume=True)
 

@@ -22,6 +22,7 @@ from resnetlab.train import TrainConfig, fit, get_recipe
 from resnetlab.train import engine as engine_module
 from resnetlab.train.checkpoint import MODEL_FILE, latest_checkpoint, load_train_state, load_weights
 from resnetlab.train.commands import weights_model
+from run_fixtures import assert_same_weights, fit_stopped_at_step
 
 # The source: a 4-block CIFAR ResNet trained briefly on 10-class, 1-channel Fashion-MNIST.
 SOURCE = TrainConfig(
@@ -160,25 +161,11 @@ def test_a_fine_tuning_run_resumes_exactly(source, tmp_path, monkeypatch):
         progress=False,
     )
     whole = fit(dataclasses.replace(cfg, out=str(tmp_path / "whole")))
-    real_step, calls = engine_module.train_step, []
-
-    def crashing_step(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 8:
-            raise KeyboardInterrupt  # killed mid-epoch, after the checkpoint at step 6
-        return real_step(*args, **kwargs)
-
     broken = dataclasses.replace(cfg, out=str(tmp_path / "broken"))
-    monkeypatch.setattr(engine_module, "train_step", crashing_step)
-    with pytest.raises(KeyboardInterrupt):
-        fit(broken)
-    monkeypatch.setattr(engine_module, "train_step", real_step)
+    fit_stopped_at_step(monkeypatch, broken, 8)  # killed mid-epoch, after the checkpoint at step 6
     assert latest_checkpoint(tmp_path / "broken").name == "checkpoint-00000006"
     resumed = fit(broken, resume=True)
-    for (name, a), b in zip(
-        whole.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
-    ):
-        assert torch.equal(a, b), name
+    assert_same_weights(whole.model, resumed.model)
     strip = [{k: v for k, v in r.items() if k != "img_per_s"} for r in whole.history]
     assert [{k: v for k, v in r.items() if k != "img_per_s"} for r in resumed.history] == strip
 

@@ -387,6 +387,24 @@ def held_out_size(num_images: int, val_size: int) -> int:
     return min(val_size, int(num_images * MAX_VAL_FRACTION))
 
 
+def choose_split(
+    num_images: int, split: str, *, val_size: int, seed: int, has_test: bool, source: Path, test_needs: str
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(indices of the train split, indices of `split`) among N training images, for a folder and
+    a pack alike; None for the test split, which is val/, not a part of them. `test_needs` says
+    what a test split takes, in the error when there is none."""
+    held_out = held_out_size(num_images, val_size)
+    train_idx, val_idx = (index.numpy() for index in split_indices(num_images, held_out, seed))
+    if split == "train" or (split == "val" and held_out > 0):
+        return train_idx, train_idx if split == "train" else val_idx
+    if not has_test:
+        raise Error(
+            f"{source} has no {split} split: a held-out val split needs --val-size > 0 and at least "
+            f"{math.ceil(1 / MAX_VAL_FRACTION)} images, a test split {test_needs}"
+        )
+    return train_idx, None
+
+
 def load_folder(
     root: Path,
     split: str,
@@ -408,18 +426,19 @@ def load_folder(
     paths, labels = scan_split(root, top, classes)
     if len(paths) == 0:
         raise Error(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root / top}; {_LAYOUT}")
-    held_out = held_out_size(len(paths), val_size)
-    train_idx, val_idx = split_indices(len(paths), held_out, seed)
-    mean, std = estimate_stats(root, paths[train_idx.numpy()], seed)
-    if split == "train" or (split == "val" and held_out > 0):
-        index = train_idx if split == "train" else val_idx
-        paths, labels = paths[index.numpy()], labels[index.numpy()]
+    train_idx, index = choose_split(
+        len(paths),
+        split,
+        val_size=val_size,
+        seed=seed,
+        has_test=has_test_split(root),
+        source=root,
+        test_needs="PATH/train/ and PATH/val/",
+    )
+    mean, std = estimate_stats(root, paths[train_idx], seed)
+    if index is not None:
+        paths, labels = paths[index], labels[index]
     else:
-        if not has_test_split(root):
-            raise Error(
-                f"{root} has no {split} split: a held-out val split needs --val-size > 0 and at least "
-                f"{math.ceil(1 / MAX_VAL_FRACTION)} images, a test split PATH/train/ and PATH/val/"
-            )
         if extra := sorted({e.name for e in os.scandir(root / "val") if e.is_dir()} - set(classes)):
             raise Error(f"{root / 'val'} has class folders that train/ lacks: {', '.join(extra[:5])}")
         paths, labels = scan_split(root, "val", classes)

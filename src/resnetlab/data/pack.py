@@ -174,7 +174,7 @@ def _read_header(path: Path) -> tuple[PackHeader, np.ndarray]:
             if length > 1 << 24:  # a header is a few kB even with 100k classes' names
                 raise CorruptPack(f"{path}: damaged header (claims {length:,} bytes)")
             text = f.read(length)
-            header = _parse_header(path, text, length)
+            header = _parse_header(path, text)
             size = os.fstat(f.fileno()).st_size
             expected = header.data + header.data_length
             if size != expected:
@@ -193,7 +193,7 @@ def _read_header(path: Path) -> tuple[PackHeader, np.ndarray]:
     return header, index
 
 
-def _parse_header(path: Path, text: bytes, length: int) -> PackHeader:
+def _parse_header(path: Path, text: bytes) -> PackHeader:
     try:
         fields = json.loads(text)
         if not isinstance(fields, dict):

@@ -10,23 +10,20 @@ from the per-image sums the pack keeps.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from resnetlab.data.arrays import floor_std, split_indices
+from resnetlab.data.arrays import floor_std
 from resnetlab.data.folder import (
     DEFAULT_IMAGE_SIZE,
-    MAX_VAL_FRACTION,
     FolderDataset,
+    choose_split,
     decode_box,
-    held_out_size,
 )
 from resnetlab.data.pack import Pack, open_pack
-from resnetlab.errors import Error
 
 PREFIX = "packed:"
 
@@ -77,18 +74,17 @@ def load_pack(
     """`split` of the pack at `path`, split as `load_folder` splits the folder it came from."""
     pack = open_pack(path)
     train = pack.split("train")
-    held_out = held_out_size(len(train), val_size)
-    train_idx, val_idx = (index.numpy() for index in split_indices(len(train), held_out, seed))
+    train_idx, index = choose_split(
+        len(train),
+        split,
+        val_size=val_size,
+        seed=seed,
+        has_test=pack.header.counts["test"] > 0,
+        source=pack.path,
+        test_needs="a pack of a folder with train/ and val/",
+    )
     mean, std = pack.stats(train[train_idx])
-    if split == "train" or (split == "val" and held_out > 0):
-        records = train[train_idx if split == "train" else val_idx]
-    elif pack.header.counts["test"] == 0:
-        raise Error(
-            f"{pack.path} has no {split} split: a held-out val split needs --val-size > 0 and at least "
-            f"{math.ceil(1 / MAX_VAL_FRACTION)} images, a test split a pack of a folder with train/ and val/"
-        )
-    else:
-        records = pack.split("test")
+    records = train[index] if index is not None else pack.split("test")
     return PackedDataset(
         pack,
         records,

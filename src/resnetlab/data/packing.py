@@ -240,6 +240,28 @@ def _save_chunk(path: Path, arrays: dict[str, np.ndarray]) -> None:
     write_atomic(path, buffer.getvalue())
 
 
+_CHUNK_FIELDS = ("length", "crc32", "width", "height", "mean", "mean_sq", "error")
+
+
+def _read_chunk(path: Path, *, data: bool) -> dict[str, np.ndarray]:
+    """A saved chunk's rows (and bytes, with `data`), checked to agree with each other. A damaged
+    one is deleted, so that running the command again packs just that chunk anew."""
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            chunk = {name: arrays[name] for name in (*_CHUNK_FIELDS, *(["data"] if data else []))}
+        if len({len(chunk[name]) for name in _CHUNK_FIELDS}) != 1:
+            raise ValueError("its rows disagree")
+        if data and int(chunk["length"].sum()) != chunk["data"].size:
+            raise ValueError("its rows and bytes disagree")
+    except Exception as exc:  # numpy and zipfile raise many kinds for a damaged .npz
+        path.unlink(missing_ok=True)
+        raise Error(
+            f"{path} of the interrupted pack is damaged ({type(exc).__name__}); it was removed: "
+            "run the command again to pack that chunk anew"
+        ) from None
+    return chunk
+
+
 def _assemble(
     out: Path,
     work: Path,
@@ -251,10 +273,7 @@ def _assemble(
     settings: _Settings,
 ) -> tuple[dict[str, int], list[str]]:
     """Join the chunks into the pack at `out` (atomically); (images per split, unreadable lines)."""
-    rows, errors = [], []
-    for k in range(num_chunks):
-        with np.load(work / _chunk_name(k), allow_pickle=False) as arrays:
-            rows.append({name: arrays[name] for name in arrays.files if name != "data"})
+    rows = [_read_chunk(work / _chunk_name(k), data=False) for k in range(num_chunks)]
     table = {name: np.concatenate([r[name] for r in rows]) for name in rows[0]}
     kept = table["error"] == ""
     errors = [str(e) for e in table["error"][~kept]]
@@ -288,8 +307,7 @@ def _assemble(
             f.write(raw_index)
             f.write(b"\0" * (data_at - f.tell()))
             for k in range(num_chunks):
-                with np.load(work / _chunk_name(k), allow_pickle=False) as arrays:
-                    f.write(arrays["data"].tobytes())
+                f.write(_read_chunk(work / _chunk_name(k), data=True)["data"].tobytes())
             f.flush()
             os.fsync(f.fileno())
         os.replace(temp, out)
