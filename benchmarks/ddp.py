@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from resnetlab.data.loader import available_cpus
+
 ROW = "{:<10} {:>9} {:>14} {:>12} {:>9} {:>11} {:>12}"
 
 
@@ -48,7 +50,7 @@ def _launch(processes: int | None) -> list[str]:
 
 
 def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return available_cpus()
 
 
 def measure(processes: int | None, threads: int, train_args: list[str], window: int, timeout: float) -> float:

@@ -13,7 +13,6 @@ workers, pinned, copied to the device.
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from benchmarks.gpu import chosen_device, device_name
 from benchmarks.throughput import measure, synthetic
 from resnetlab.data import load_dataset, make_loader
 from resnetlab.data.augment import Augment
+from resnetlab.data.loader import available_cpus
 
 
 def photo_folder(root: Path, count: int, seed: int = 0) -> Path:
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     device = chosen_device(args.device, "benchmarks.gpu_feed")
     if device is None:
         return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = available_cpus()
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         root = photo_folder(Path(tmp) / "photos", args.images)

@@ -13,7 +13,6 @@ longer than packing it. Every file is decoded when packed, copy or not. Packed w
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import time
 from pathlib import Path
 
 from benchmarks.pipeline import cpu_name, make_folder
+from resnetlab.data.loader import available_cpus
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         seconds = time.perf_counter() - start
         pack_bytes = out.stat().st_size
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = available_cpus()
     folder = f"{args.images:,} photos ({len(made_files):,} distinct), {folder_bytes / 1e9:.2f} GB"
     folder += f" (made in {made:.0f} s)"
     print(f"{folder}, {cores} cores of {cpu_name()}")

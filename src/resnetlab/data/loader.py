@@ -355,9 +355,13 @@ def _check_first_batch(first_batch: int, num_batches: int) -> int:
     return first_batch
 
 
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, which containers and taskset narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def _default_workers(world_size: int) -> int:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(8, cpus // world_size))
+    return max(1, min(8, available_cpus() // world_size))
 
 
 def make_loader(

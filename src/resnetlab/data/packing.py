@@ -38,6 +38,7 @@ from resnetlab.data.folder import (
     to_mode,
     train_dir,
 )
+from resnetlab.data.loader import available_cpus
 from resnetlab.data.pack import MAGIC, RECORD, PackHeader, layout
 from resnetlab.errors import Error
 
@@ -110,7 +111,7 @@ def pack_folder(
     jobs = [(str(root), [bytes(p) for p in paths[chunks[k]]], settings) for k in todo]
     with (
         tqdm(total=len(paths), initial=done, unit="img", desc=f"packing {out.name}", file=sys.stderr) as bar,
-        multiprocessing.get_context("fork").Pool(workers or _cpus()) as pool,
+        multiprocessing.get_context("fork").Pool(workers or available_cpus()) as pool,
     ):
         for k, arrays in zip(todo, pool.imap(_pack_chunk, jobs), strict=True):
             _save_chunk(work / _chunk_name(k), arrays)
@@ -121,10 +122,6 @@ def pack_folder(
     counts, unreadable = _assemble(out, work, len(chunks), labels, split_of, list(listing), classes, settings)
     shutil.rmtree(work, ignore_errors=True)
     return PackReport(out, counts, unreadable, resumed, out.stat().st_size, time.perf_counter() - start)
-
-
-def _cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _chunk_name(k: int) -> str:
