@@ -16,9 +16,9 @@ dependencies = ["torch", "safetensors", "numpy", "tqdm"]
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "src"))
 
 # Private names: torch.hub offers every public callable of this module as a model.
-from resnetlab.models import create_model as _create_model  # noqa: E402
+from resnetlab import create_model as _create_model  # noqa: E402
 from resnetlab.models import list_models as _list_models  # noqa: E402
-from resnetlab.models.registry import get_builder as _get_builder  # noqa: E402
+from resnetlab.models.factory import get_builder as _get_builder  # noqa: E402
 
 
 def _entry_point(name):

@@ -37,8 +37,9 @@ import torch
 from torch import Tensor, nn
 
 from resnetlab.data import load_dataset
-from resnetlab.export import OnnxModel, fold_bn, require_extra
+from resnetlab.export import fold_bn
 from resnetlab.models import create_model
+from resnetlab.weights.exported import OnnxModel, require_extra
 
 # model -> (input shape without batch, calls per round at batch 1, at batch 32)
 MODELS = {"resnet20": ((1, 28, 28), 40, 6), "resnet50": ((3, 224, 224), 8, 1)}

@@ -33,7 +33,8 @@ from torch.utils.data import DataLoader, Dataset
 from resnetlab.data import Augment, ImageArrays, load_dataset, make_loader
 from resnetlab.models import create_model
 from resnetlab.train import TrainConfig
-from resnetlab.train.engine import kernel_settings, train_step
+from resnetlab.train.engine import train_step
+from resnetlab.train.kernels import kernel_settings
 from resnetlab.train.optim import build_optimizer
 from resnetlab.train.precision import grad_scaler
 

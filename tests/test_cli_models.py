@@ -100,7 +100,7 @@ def test_a_model_registered_at_run_time_is_measured_live(capsys: pytest.CaptureF
     try:
         code, out, _ = run(capsys, "tiny*")
     finally:
-        del registry._MODELS["tiny10"]
+        del registry.BUILDERS["tiny10"]
     assert code == 0
     assert out.splitlines()[1].split()[:7] == ["tiny10", "imagenet", "10", "basic", "7x7", "B", f"{params:,}"]
 

@@ -14,9 +14,10 @@ from PIL import Image
 from resnetlab.cli import build_parser, main
 from resnetlab.data import load_dataset, make_loader
 from resnetlab.train import TrainConfig, get_recipe
-from resnetlab.train.checkpoint import MODEL_FILE, STATE_FILE, latest_checkpoint, load_model
 from resnetlab.train.commands import config_from_args
 from resnetlab.train.rundir import read_metrics
+from resnetlab.weights import load
+from resnetlab.weights.checkpoint import MODEL_FILE, STATE_FILE, latest_checkpoint
 
 TINY_FLAGS = [
     "--model", "cifar_resnet", "--model-kwargs", "depth=8", "--train-subset", "1024", "--val-size", "500",
@@ -90,7 +91,7 @@ def test_predict_matches_the_model_on_the_same_pixels(trained, capsys, tmp_path)
     lines = out.strip().splitlines()
     assert len(lines) == 3 and all(line.count("%") == 3 for line in lines)
     # the same images through the evaluation pipeline give the same top class and probability
-    model, _ = load_model(trained)
+    model, _ = load(trained)
     x, _ = next(iter(make_loader(test, batch_size=3, train=False, device="cpu")))
     probs = model(x).softmax(1).detach()
     for line, p in zip(lines, probs, strict=True):

@@ -28,7 +28,7 @@ from resnetlab.data.packed import PackedDataset
 from resnetlab.data.packing import pack_folder
 from resnetlab.errors import Error
 from resnetlab.train import TrainConfig, fit
-from resnetlab.train.checkpoint import latest_checkpoint
+from resnetlab.weights.checkpoint import latest_checkpoint
 from run_fixtures import assert_same_weights, fit_stopped_at_step
 
 CLASSES = ("circle", "square")

@@ -18,10 +18,11 @@ from torch import nn
 from resnetlab import create_model
 from resnetlab.cli import main
 from resnetlab.data import load_dataset
-from resnetlab.export import OnnxModel, count_bn, fold_bn
+from resnetlab.export import count_bn, fold_bn
 from resnetlab.export.onnx_export import export_onnx
 from resnetlab.models import ResNet, ResNetOptions
 from resnetlab.models.blocks import Bottleneck
+from resnetlab.weights.exported import OnnxModel
 
 pytestmark = pytest.mark.xdist_group("export")  # one worker: the exporter's warm-up is paid once
 
@@ -192,9 +193,9 @@ def test_export_prints_parity_and_writes_a_sidecar(exported, trained):
     assert re.search(r"parity on .* top-1 agreement 100.00%", logs["pt2"])
     # The .pt2 loads with torch alone and computes the same logits as the run.
     program = torch.export.load(str(files["pt2"])).module()
-    from resnetlab.train.checkpoint import load_model
+    from resnetlab.weights import load
 
-    model, _ = load_model(trained)
+    model, _ = load(trained)
     x = torch.randn(5, 1, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(program(x), model(x), rtol=1e-3, atol=1e-4)
@@ -365,7 +366,7 @@ def test_export_refuses_what_the_exporter_cannot_handle_and_a_failed_parity(
 def test_a_missing_extra_is_one_line_saying_what_to_install(capsys, tmp_path, monkeypatch):
     import importlib
 
-    import resnetlab.export.runtime as runtime
+    import resnetlab.weights.exported as runtime
 
     real = importlib.import_module
 

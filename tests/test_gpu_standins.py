@@ -33,13 +33,14 @@ from resnetlab.experiments.common import build_twin, fixed_batches
 from resnetlab.experiments.common import evaluate as experiment_evaluate
 from resnetlab.experiments.responses import response_moments
 from resnetlab.models import create_model
-from resnetlab.train import engine as engine_module
 from resnetlab.train import fit, get_recipe, precision
-from resnetlab.train.checkpoint import EMA_FILE, latest_checkpoint, load_weights
 from resnetlab.train.distributed import Runtime, resolve_device, setup_runtime, teardown_runtime
 from resnetlab.train.ema import EMA
 from resnetlab.train.evaluate import evaluate_checkpoint
+from resnetlab.train.kernels import kernel_settings
+from resnetlab.train.meter import TrainMeter
 from resnetlab.train.rundir import read_metrics
+from resnetlab.weights.checkpoint import EMA_FILE, latest_checkpoint, load_weights
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -94,13 +95,13 @@ def test_deterministic_cuda_fit_after_cuda_was_used_without_the_workspace_is_one
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     unset = r"CUBLAS_WORKSPACE_CONFIG=:4096:8 \(it is unset\)"
-    with pytest.raises(Error, match=unset), engine_module.kernel_settings(True, CUDA):
+    with pytest.raises(Error, match=unset), kernel_settings(True, CUDA):
         pass
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":0:0")  # the user's own, not a deterministic one
-    with pytest.raises(Error, match="it is ':0:0'"), engine_module.kernel_settings(True, CUDA):
+    with pytest.raises(Error, match="it is ':0:0'"), kernel_settings(True, CUDA):
         pass
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
-    with engine_module.kernel_settings(True, CUDA):
+    with kernel_settings(True, CUDA):
         assert torch.are_deterministic_algorithms_enabled()
     assert not torch.are_deterministic_algorithms_enabled()
 
@@ -168,13 +169,13 @@ def test_two_ranks_evaluate_the_saved_model_with_bn_in_train_mode(two_ranks, tmp
 
 def test_error_triggered_warmup_checks_the_error_every_10_steps_not_every_step(monkeypatch):
     checked = []
-    real = engine_module._Window.error_so_far
+    real = TrainMeter.error_so_far
 
     def counting(self, runtime):
         checked.append(1)
         return real(self, runtime)
 
-    monkeypatch.setattr(engine_module._Window, "error_so_far", counting)
+    monkeypatch.setattr(TrainMeter, "error_so_far", counting)
     cfg = dataclasses.replace(
         TINY, batch_size=16, warmup_lr=0.01, warmup_until_err=0.0, warmup_min_depth=8, eval_splits=()
     )

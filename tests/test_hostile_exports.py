@@ -20,7 +20,7 @@ from cli_fixtures import assert_one_line, run
 from resnetlab.errors import Error
 from resnetlab.export import pipeline
 from resnetlab.export.pipeline import ExportOptions, export_model
-from resnetlab.export.runtime import OnnxModel
+from resnetlab.weights.exported import OnnxModel
 from weights_fixtures import Evil
 
 pytestmark = pytest.mark.xdist_group("export")  # one worker: the exporter's warm-up is paid once
@@ -96,7 +96,7 @@ def edit_program(change):
 
 
 def test_own_exports_pass_the_archive_check(exports):
-    from resnetlab.export.pt2_check import check_program_archive
+    from resnetlab.weights.pt2_check import check_program_archive
 
     check_program_archive(exports["pt2"])
 
@@ -158,7 +158,7 @@ def test_python_in_a_shape_expression_is_refused(exports, tmp_path, capsys):
     ],
 )
 def test_shape_expressions_pass_only_as_arithmetic_on_symbols(expression, safe):
-    from resnetlab.export.pt2_check import _safe_expression
+    from resnetlab.weights.pt2_check import _safe_expression
 
     assert _safe_expression(expression) is safe
 

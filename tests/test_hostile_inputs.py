@@ -25,10 +25,10 @@ import torch
 from PIL import Image
 
 from cli_fixtures import assert_one_line, run
+from resnetlab import create_model
 from resnetlab.data import download as download_module
 from resnetlab.data.folder import load_folder
 from resnetlab.errors import Error
-from resnetlab.models import create_model
 from resnetlab.weights.formats import read_checkpoint
 from weights_fixtures import Evil, cached_files, entry, isolate_caches, register, tiny, torchvision_file
 

@@ -33,11 +33,12 @@ from ddp_harness import (
 from resnetlab.cli import build_parser, main
 from resnetlab.models import create_model
 from resnetlab.train import TrainConfig, fit
-from resnetlab.train.checkpoint import EMA_FILE, MODEL_FILE, latest_checkpoint, load_model, load_weights
 from resnetlab.train.commands import config_from_args
 from resnetlab.train.distributed import setup_runtime, teardown_runtime
 from resnetlab.train.evaluate import evaluate_checkpoint
 from resnetlab.train.rundir import read_metrics
+from resnetlab.weights import load
+from resnetlab.weights.checkpoint import EMA_FILE, MODEL_FILE, latest_checkpoint, load_weights
 
 # Both modules start real process groups (2 ranks, plus torchrun's agent); on one xdist worker
 # (`--dist loadgroup`) they run one group at a time instead of oversubscribing 2 cores with 4-6
@@ -197,7 +198,8 @@ def test_a_killed_worker_restarts_the_group_which_resumes_and_finishes(single, t
     assert 0 < resumed_from < TOTAL_STEPS  # the kill landed mid-run
     # The final checkpoint loads on one CPU, and training lost nothing: it equals the
     # uninterrupted single-process run, records included (those after the checkpoint were redone).
-    model, meta = load_model(tmp_path / "run")
+    model, _ = load(tmp_path / "run")
+    meta = model.pretrained_cfg
     assert meta["step"] == TOTAL_STEPS and not model.training
     _assert_same_weights(tmp_path / "run", single["whole"])
     steps = [(r["kind"], r["step"]) for r in read_metrics(tmp_path / "run")]

@@ -13,10 +13,10 @@ from torch import nn
 from resnetlab.errors import Error
 from resnetlab.models import create_model
 from resnetlab.train import TrainConfig, fit, get_recipe
-from resnetlab.train import engine as engine_module
-from resnetlab.train.checkpoint import MODEL_FILE, latest_checkpoint, list_checkpoints, load_weights
 from resnetlab.train.distributed import Runtime
+from resnetlab.train.rng import restore_rng_states
 from resnetlab.train.rundir import read_metrics
+from resnetlab.weights.checkpoint import MODEL_FILE, latest_checkpoint, list_checkpoints, load_weights
 from run_fixtures import fit_stopped_at_step
 
 # A 4-block CIFAR ResNet (75k parameters) on a slice of the real data: seconds per run.
@@ -133,7 +133,7 @@ def test_each_rank_gets_its_own_rng_row_back_and_a_new_rank_keeps_its_seeded_str
         rows.append(torch.get_rng_state())
     runtime = Runtime(torch.device("cpu"), rank=rank, world_size=3)  # the group grew to 3
     torch.manual_seed(99)
-    engine_module._restore_rng_state({"cpu": torch.stack(rows)}, runtime)
+    restore_rng_states({"cpu": torch.stack(rows)}, runtime)
     expected = torch.rand(4, generator=torch.Generator().manual_seed(10 + rank if rank < 2 else 99))
     assert torch.equal(torch.rand(4), expected)
 
@@ -142,7 +142,7 @@ def test_a_checkpoint_from_before_per_rank_states_restores_rank_0():
     torch.manual_seed(10)
     saved = torch.get_rng_state()  # 1-d: rank 0's state alone
     torch.manual_seed(99)
-    engine_module._restore_rng_state({"cpu": saved}, Runtime(torch.device("cpu")))
+    restore_rng_states({"cpu": saved}, Runtime(torch.device("cpu")))
     assert torch.equal(torch.rand(4), torch.rand(4, generator=torch.Generator().manual_seed(10)))
 
 

@@ -8,6 +8,7 @@ import functools
 import http.server
 import json
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +16,14 @@ import pytest
 import torch
 from PIL import Image
 
+from resnetlab import create_model
 from resnetlab.cli import main
 from resnetlab.errors import Error
-from resnetlab.models import create_model
 from resnetlab.train import TrainConfig, fit, get_recipe
-from resnetlab.train import engine as engine_module
-from resnetlab.train.checkpoint import MODEL_FILE, latest_checkpoint, load_train_state, load_weights
-from resnetlab.train.commands import weights_model
+from resnetlab.weights import Preprocessing
+from resnetlab.weights import source_model as weights_model
+from resnetlab.weights.checkpoint import MODEL_FILE, latest_checkpoint, load_train_state, load_weights
+from resnetlab.weights.preprocessing import follow_weights
 from run_fixtures import assert_same_weights, fit_stopped_at_step
 
 # The source: a 4-block CIFAR ResNet trained briefly on 10-class, 1-channel Fashion-MNIST.
@@ -202,9 +204,10 @@ def test_weights_of_another_model_are_refused(source, tmp_path, capsys):
     ]
     assert _train(*argv) == 2
     assert "holds cifar_resnet weights, not resnet20" in capsys.readouterr().err
-    with pytest.raises(Error, match="records no mean and std"):
-        engine_module.follow_weights(
-            dataclasses.replace(SOURCE, init_from="x", normalize="weights"), {"mean": None}, []
+    data = Preprocessing((0.5,), (0.25,), 28, 28, in_chans=1)
+    with pytest.raises(Error, match="x records no mean and std"):
+        follow_weights(
+            data, replace(data, mean=None, std=None), normalize="weights", resizable=False, source="x"
         )
 
 

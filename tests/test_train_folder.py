@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from resnetlab.cli import main
-from resnetlab.train.checkpoint import load_model
+from resnetlab.weights import load
 
 CLASSES = ("circle", "square")
 
@@ -77,7 +77,8 @@ def test_a_folder_trains_at_the_chosen_size_and_evaluates_and_predicts_at_it(fol
     assert "final: test accuracy" in out
     assert "unreadable image(s) in epoch 0, replaced by other training images" in err  # not fatal
 
-    model, meta = load_model(run_dir)
+    model, _ = load(run_dir)
+    meta = model.pretrained_cfg
     assert (meta["image_size"], meta["resize_size"], meta["classes"]) == (32, 37, list(CLASSES))
     assert main(["eval", str(run_dir)]) == 0  # crops the val/ folder at 32, as trained
     assert "test (8 images): top-1 error" in capsys.readouterr().out

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnetlab.train.checkpoint import MODEL_FILE, latest_checkpoint, list_checkpoints, load_weights
+from resnetlab.weights.checkpoint import MODEL_FILE, latest_checkpoint, list_checkpoints, load_weights
 
 # (training images, checkpoint every N steps, kill once this checkpoint exists): on a GPU the
 # steps are ~100x faster, so the run is longer for the kill to land mid-epoch.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -10,17 +9,19 @@ import pytest
 import safetensors.torch
 import torch
 
+from resnetlab import create_model
 from resnetlab.errors import Error
-from resnetlab.models import create_model, list_models
-from resnetlab.train.checkpoint import load_model, save_checkpoint
+from resnetlab.models import list_models
 from resnetlab.weights import (
     adapt_input_conv,
     class_names,
     default_weights,
     get_weights,
     list_weights,
+    load,
     model_tags,
 )
+from resnetlab.weights.checkpoint import save_checkpoint
 from weights_fixtures import assert_same_outputs
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "REFERENCE.md"
@@ -85,7 +86,8 @@ def test_a_run_directory_and_its_weights_file_load_with_the_runs_metadata(tmp_pa
     assert model.pretrained_cfg["source"] == str(ckpt / "model.safetensors")
     assert {k: model.pretrained_cfg[k] for k in meta} == meta
     assert model.pretrained_cfg["step"] == 5 and model.pretrained_cfg["interpolation"] == "bilinear"
-    loaded, cfg = load_model(tmp_path / "run")  # the name comes from the metadata
+    loaded, _ = load(tmp_path / "run")
+    cfg = loaded.pretrained_cfg  # the name comes from the metadata
     assert not loaded.training and cfg == model.pretrained_cfg
     with pytest.raises(Error, match=r"holds cifar_resnet weights, not resnet18"):
         create_model("resnet18", pretrained=tmp_path / "run")
@@ -94,7 +96,7 @@ def test_a_run_directory_and_its_weights_file_load_with_the_runs_metadata(tmp_pa
 def test_load_model_needs_a_model_name_for_a_bare_state_dict(tmp_path):
     torch.save(tiny().state_dict(), tmp_path / "mine.pth")
     with pytest.raises(Error, match=r"cannot tell which model .*mine\.pth holds"):
-        load_model(tmp_path / "mine.pth")
+        load(tmp_path / "mine.pth")
 
 
 def test_missing_files_and_bad_values_are_one_line_errors(tmp_path):
@@ -223,19 +225,26 @@ def test_every_torchvision_file_of_reference_md_is_an_entry_with_its_facts():
         assert entry.default == (version == "2" or model in ("resnet18", "resnet34", "resnext101_64x4d"))
 
 
-def test_each_model_has_one_default_and_timm_entries_say_they_have_no_digest():
+def test_each_model_has_one_default_and_timm_entries_come_from_the_hub():
     for model in dict.fromkeys(e.model for e in list_weights()):
         assert sum(e.default for e in list_weights(f"{model}.*")) == 1, model
         assert model_tags(model)[0] == default_weights(model).name
-    timm = [e for e in list_weights() if e.url and "huggingface.co" in e.url]
-    assert {e.name for e in timm} >= {"resnet50.a1_in1k", "resnet50d.ra2_in1k", "resnet18d.ra2_in1k"}
-    for entry in timm:
-        assert (
-            entry.sha256 is None
-            and entry.format == "safetensors"
-            and entry.config_url.endswith("config.json")
+    timm = [e for e in list_weights() if e.hub is not None]
+    assert {e.name for e in timm} == {
+        "resnet50.a1_in1k",
+        "resnet18d.ra2_in1k",
+        "resnet50d.ra2_in1k",
+        "resnet50d.a1_in1k",
+        "resnet101d.ra2_in1k",
+    }
+    for entry in timm:  # the Hub's sha256 checks them, through hf-hub: (tests/test_weights_hub.py)
+        assert (entry.hub, entry.source, entry.url) == (
+            f"timm/{entry.name}",
+            f"hf-hub:timm/{entry.name}",
+            None,
         )
-        assert entry.file_name == f"timm/{entry.name}/model.safetensors"
+        assert entry.format == "safetensors" and entry.file_name == "model.safetensors"
+    assert not any(e.url and "huggingface.co" in e.url for e in list_weights())
     a1 = get_weights("resnet50.a1_in1k")
     assert (a1.image_size, a1.resize_size, a1.interpolation, a1.metrics.acc1) == (224, 235, "bicubic", 80.38)
 
@@ -278,10 +287,10 @@ def test_a_local_file_is_a_registry_file_only_by_its_published_name(tmp_path):
     from resnetlab.weights.registry import find_by_path
 
     assert find_by_path(tmp_path / "resnet50-11ad3fa6.pth").name == "resnet50.tv2_in1k"
+    assert find_by_path(tmp_path / "resnet20-fmnist.safetensors").name == "resnet20.fmnist"
     assert (
-        find_by_path(tmp_path / "timm" / "resnet50d.ra2_in1k" / "model.safetensors").name
-        == "resnet50d.ra2_in1k"
-    )
+        find_by_path(tmp_path / "timm" / "resnet50d.ra2_in1k" / "model.safetensors") is None
+    )  # hub: by repo
     assert find_by_path(tmp_path / "model.safetensors") is None  # a run's file or a timm file kept by hand
     assert find_by_path(tmp_path / "checkpoint-00000010" / "ema.safetensors") is None
 
@@ -293,25 +302,3 @@ def test_every_entry_names_a_registered_model_with_its_parameter_count():
         with torch.device("meta"):  # no memory for the 127M-parameter nets
             model = create_model(entry.model, num_classes=entry.num_classes, in_chans=entry.in_chans)
         assert sum(p.numel() for p in model.parameters()) == entry.num_params, entry.name
-
-
-def test_a_timm_resnet_d_checkpoint_loads_strictly_and_adapts_its_deep_stem(tmp_path, monkeypatch):
-    """timm's resnet18d layout (conv1.0/.1/.3/.4/.6, downsample.1/.2) placed in the cache by hand."""
-    torch.manual_seed(0)
-    source = create_model("resnet18d").eval()
-    assert {"conv1.0.weight", "conv1.6.weight", "layer2.0.downsample.1.weight"} <= set(source.state_dict())
-    repo = tmp_path / "home" / "weights" / "timm" / "resnet18d.ra2_in1k"
-    repo.mkdir(parents=True)
-    safetensors.torch.save_file(source.state_dict(), repo / "model.safetensors")
-    cfg = {"pretrained_cfg": {"input_size": [3, 224, 224], "crop_pct": 0.875, "interpolation": "bicubic",
-                              "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}  # fmt: skip
-    (repo / "config.json").write_text(json.dumps(cfg))
-    model = create_model("resnet18d", pretrained=True).eval()  # offline: both files are in the cache
-    x = torch.randn(1, 3, 64, 64)
-    torch.testing.assert_close(model(x), source(x), rtol=0, atol=0)
-    assert model.pretrained_cfg["resize_size"] == 256 and model.pretrained_cfg["interpolation"] == "bicubic"
-    grey = create_model("resnet18d", pretrained="ra2_in1k", in_chans=1, num_classes=10)
-    torch.testing.assert_close(grey.conv1[0].weight, source.conv1[0].weight.sum(1, keepdim=True))
-    assert grey.pretrained_cfg["mean"] == [pytest.approx((0.485 + 0.456 + 0.406) / 3)]
-    assert all(torch.equal(grey.state_dict()[k], v) for k, v in source.state_dict().items()
-               if not k.startswith(("fc.", "conv1.0.")))  # fmt: skip

@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+from resnetlab import create_model
 from resnetlab.cli import main
-from resnetlab.models import create_model, list_models
+from resnetlab.models import list_models
 from resnetlab.weights import Metrics, class_names
 from resnetlab.weights.table import IMAGENET_MEAN, IMAGENET_STD
 from weights_fixtures import TINY, closed_port, entry, isolate_caches, register, serve, tiny, torchvision_file

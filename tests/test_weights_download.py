@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
-import safetensors.torch
 import torch
 
+from resnetlab import create_model
 from resnetlab.errors import Error
-from resnetlab.models import create_model
 from weights_fixtures import (
     TINY,
     Evil,
@@ -70,33 +68,6 @@ def test_a_file_in_torchs_cache_is_used_without_downloading(home, server, monkey
     register(monkeypatch, entry(base + path.name, path.name, path.name[-12:-4]))
     assert_same_outputs(create_model("cifar_resnet", pretrained="test"), source)
     assert requests == [] and cached_files(home) == []
-
-
-def test_a_timm_safetensors_file_loads_with_its_config_json(home, server, monkeypatch, tmp_path):
-    base, requests = server
-    source = tiny()
-    repo = tmp_path / "www" / "timm" / "tiny.test"
-    repo.mkdir(parents=True)
-    safetensors.torch.save_file(source.state_dict(), repo / "model.safetensors", metadata={"format": "pt"})
-    config = {"architecture": "tiny", "num_classes": 10, "pretrained_cfg": {
-        "input_size": [3, 160, 160], "crop_pct": 0.95, "interpolation": "bicubic",
-        "mean": [0.4, 0.5, 0.6], "std": [0.2, 0.3, 0.4]}}  # fmt: skip
-    (repo / "config.json").write_text(json.dumps(config))
-    url = base + "timm/tiny.test/"
-    register(monkeypatch, entry(url + "model.safetensors", "timm/cifar_resnet.test/model.safetensors", None,
-        format="safetensors", config_url=url + "config.json", image_size=None, resize_size=None,
-        interpolation=None, mean=None, std=None))  # fmt: skip
-    model = create_model("cifar_resnet", pretrained=True)  # the only cifar_resnet entry: its default
-    assert_same_outputs(model, source)
-    cfg = model.pretrained_cfg
-    assert (cfg["image_size"], cfg["resize_size"], cfg["interpolation"]) == (160, 168, "bicubic")  # 160/0.95
-    assert (cfg["mean"], cfg["std"]) == ([0.4, 0.5, 0.6], [0.2, 0.3, 0.4])
-    assert cached_files(home) == [
-        "weights/timm/cifar_resnet.test/config.json",
-        "weights/timm/cifar_resnet.test/model.safetensors",
-    ]
-    create_model("cifar_resnet", pretrained="test")
-    assert len(requests) == 2
 
 
 def test_a_checksum_mismatch_is_refused_and_leaves_nothing_in_the_cache(home, server, monkeypatch, tmp_path):

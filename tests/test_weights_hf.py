@@ -13,13 +13,13 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from resnetlab import create_model
 from resnetlab.cli import main
 from resnetlab.errors import Error
 from resnetlab.export.hub import export_hf
-from resnetlab.models import create_model
-from resnetlab.train.commands import weights_model
-from resnetlab.weights import hf
+from resnetlab.weights import source_model as weights_model
 from resnetlab.weights.formats import weights_bytes
+from resnetlab.weights.preprocessing import crop_pct
 
 CLASSES = ["ant", "bee", "cat", "dog", "emu"]
 
@@ -131,7 +131,7 @@ def test_a_cifar_net_timm_lacks_still_writes_a_folder_that_says_so_and_reads_bac
 @given(image_size=st.integers(8, 1024), extra=st.integers(0, 600))
 def test_crop_pct_turns_back_into_the_resize_by_timms_rule(image_size, extra):
     resize = image_size + extra
-    assert math.floor(image_size / hf.crop_pct(image_size, resize)) == resize
+    assert math.floor(image_size / crop_pct(image_size, resize)) == resize
 
 
 def _folder(tmp_path: Path, config: object, weights: bool = True) -> Path:

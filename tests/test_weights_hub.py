@@ -6,20 +6,24 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import huggingface_hub.constants
 import pytest
+import safetensors.torch
 import torch
 from PIL import Image
 
+from resnetlab import create_model
 from resnetlab.cli import main
 from resnetlab.errors import Error
 from resnetlab.export.hub import export_hf
-from resnetlab.models import create_model
-from resnetlab.train.commands import weights_model
+from resnetlab.weights import get_weights
+from resnetlab.weights import source_model as weights_model
+from resnetlab.weights.cache import cached_path
 from test_weights_hf import CLASSES, resnet18_weights
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -158,3 +162,58 @@ def test_offline_and_not_cached_is_one_line(hub, tmp_path, monkeypatch, capsys):
     with pytest.raises(ValueError, match="give pretrained=True"):
         create_model("hf-hub:org/zoo")
     assert not (Path(tmp_path) / "hf-cache" / "models--org--zoo" / "snapshots").exists()
+
+
+def test_a_timm_table_tag_comes_through_the_hub_checked_with_its_config(tmp_path, monkeypatch):
+    """resnet18d.ra2_in1k, as timm's Hub repository holds it (deep stem conv1.0/.1/.3/.4/.6,
+    downsample.1/.2; config.json with the preprocessing), served on loopback: the tag loads
+    strictly, then a grey 10-class model from it adapts the stem by timm's rule."""
+    torch.manual_seed(0)
+    source = create_model("resnet18d").eval()
+    assert {"conv1.0.weight", "conv1.6.weight", "layer2.0.downsample.1.weight"} <= set(source.state_dict())
+    config = {"architecture": "resnet18d", "num_classes": 1000, "pretrained_cfg": {
+        "input_size": [3, 224, 224], "crop_pct": 0.875, "interpolation": "bicubic",
+        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}  # fmt: skip
+    files = {
+        "config.json": json.dumps(config).encode(),
+        "model.safetensors": safetensors.torch.save(source.state_dict()),
+    }
+    server = hub_server({"timm/resnet18d.ra2_in1k": files})
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    try:
+        assert cached_path(get_weights("resnet18d.ra2_in1k")) is None
+        model = create_model("resnet18d", pretrained=True).eval()
+    finally:
+        server.shutdown()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), source(x))
+    cfg = model.pretrained_cfg
+    assert (cfg["source"], cfg["tag"]) == ("hf-hub:timm/resnet18d.ra2_in1k", "resnet18d.ra2_in1k")
+    assert (cfg["resize_size"], cfg["interpolation"]) == (256, "bicubic") and cfg["classes"][0] == "tench"
+    assert cached_path(get_weights("resnet18d.ra2_in1k")).name == "model.safetensors"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # from the cache now
+    grey = create_model("resnet18d", pretrained="ra2_in1k", in_chans=1, num_classes=10)
+    torch.testing.assert_close(grey.conv1[0].weight, source.conv1[0].weight.sum(1, keepdim=True))
+    assert grey.pretrained_cfg["mean"] == [pytest.approx((0.485 + 0.456 + 0.406) / 3)]
+    kept = {k: v for k, v in source.state_dict().items() if not k.startswith(("fc.", "conv1.0."))}
+    assert all(torch.equal(grey.state_dict()[k], v) for k, v in kept.items())
+
+
+def test_a_timm_table_tag_whose_bytes_do_not_match_the_hubs_sha256_is_refused(tmp_path, monkeypatch):
+    source = create_model("resnet18d")
+    files = {
+        "config.json": b'{"architecture": "resnet18d"}',
+        "model.safetensors": safetensors.torch.save(source.state_dict()),
+    }
+    server = hub_server({"timm/resnet18d.ra2_in1k": files}, lie_about={"model.safetensors"})
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    try:
+        with pytest.raises(Error, match="does not match the sha256 the Hub published"):
+            create_model("resnet18d", pretrained="ra2_in1k")
+    finally:
+        server.shutdown()

@@ -10,13 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
+from resnetlab import create_model
 from resnetlab.cli import main
 from resnetlab.data import load_dataset
-from resnetlab.models import create_model
-from resnetlab.train.checkpoint import save_checkpoint
 from resnetlab.train.ship import _as_typed, ship, table_entry
 from resnetlab.weights import list_weights, table
 from resnetlab.weights.cache import SHIPPED_DIR, sha256sum
+from resnetlab.weights.checkpoint import save_checkpoint
 from weights_fixtures import isolate_caches
 
 SHIPPED = [e for e in list_weights() if e.shipped]

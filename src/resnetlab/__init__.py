@@ -28,13 +28,19 @@ __version__ = "0.1.0"
 __all__ = ["Error", "create_model", "list_models", "__version__"]
 
 if TYPE_CHECKING:
-    from resnetlab.models import create_model, list_models
+    from resnetlab.models.factory import list_models
+    from resnetlab.weights.load import create_model
 
 
 def __getattr__(name: str) -> Any:
     # The models load torch (seconds) on first use, not at `import resnetlab` (PEP 562).
-    if name in ("create_model", "list_models"):
-        from resnetlab.models import registry
+    # `create_model` is the one that also loads weights (pretrained=...), so it is the weights'.
+    if name == "create_model":
+        from resnetlab.weights.load import create_model
 
-        return getattr(registry, name)
+        return create_model
+    if name == "list_models":
+        from resnetlab.models.factory import list_models
+
+        return list_models
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

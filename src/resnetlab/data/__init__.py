@@ -9,6 +9,7 @@ from resnetlab.data.arrays import ImageArrays, split_indices
 from resnetlab.data.augment import AUGMENT_PRESETS, Augment
 from resnetlab.data.datasets import (
     SPLITS,
+    fed_as,
     has_split,
     is_image_files,
     list_datasets,
@@ -32,6 +33,7 @@ __all__ = [
     "PackedDataset",
     "UnreadableImage",
     "epoch_order",
+    "fed_as",
     "has_split",
     "is_image_files",
     "list_datasets",

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -129,6 +132,40 @@ def load_dataset(
         index = train_idx if split == "train" else val_idx
         images, labels = data.train_images.index_select(0, index), data.train_labels.index_select(0, index)
     return ImageArrays(images, labels, list(data.classes), mean, std)
+
+
+def fed_as(
+    dataset: ImageArrays | FolderDataset,
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    image_size: int | None = None,
+    resize_size: int | None = None,
+    interpolation: str | None = None,
+) -> ImageArrays | FolderDataset:
+    """A copy of `dataset` whose images are normalised with `mean` and `std` and, for a folder or
+    pack, centre-cropped to `image_size` after resizing the short side to `resize_size` with
+    `interpolation`. None keeps the dataset's own setting; `dataset` itself is not changed."""
+    if (mean is None) != (std is None):
+        raise ValueError("give mean and std together")
+    if mean is not None and (len(mean) != dataset.in_chans or len(std) != dataset.in_chans):
+        raise Error(
+            f"the model is normalised over {len(mean)} channels, but the data has {dataset.in_chans}; "
+            "pick data with the model's channels"
+        )
+    if isinstance(dataset, ImageArrays):
+        if mean is None:
+            return dataset
+        return dataclasses.replace(dataset, mean=tuple(mean), std=tuple(std))
+    fed = copy.copy(dataset)  # the same file list (and, for a pack, the same open file)
+    if mean is not None:
+        fed.mean, fed.std = tuple(mean), tuple(std)
+    if image_size:
+        fed.image_size = image_size
+        fed.resize_size = resize_size or round(image_size / 0.875)
+    if interpolation:
+        fed.interpolation = interpolation
+    return fed
 
 
 def select_classes(

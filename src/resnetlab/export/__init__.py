@@ -9,14 +9,10 @@ nothing here imports them until an ONNX file is written or run, so `import resne
 
 from resnetlab.export.fold import count_bn, fold_bn
 from resnetlab.export.pipeline import ExportOptions, export_model
-from resnetlab.export.runtime import OnnxModel, load_inference_model, require_extra
 
 __all__ = [
     "ExportOptions",
-    "OnnxModel",
     "count_bn",
     "export_model",
     "fold_bn",
-    "load_inference_model",
-    "require_extra",
 ]

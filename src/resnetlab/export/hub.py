@@ -17,7 +17,7 @@ from resnetlab.errors import Error
 from resnetlab.weights import hf
 from resnetlab.weights.adapt import HEAD
 from resnetlab.weights.formats import read_checkpoint, weights_bytes
-from resnetlab.weights.pretrained import locate
+from resnetlab.weights.source import locate
 
 
 def export_hf(source: str, out: str | Path) -> Path:

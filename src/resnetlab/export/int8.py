@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from resnetlab.export.runtime import require_extra
+from resnetlab.weights.exported import require_extra
 
 CALIBRATION_BATCH = 32  # images per calibration run; only the min/max of each tensor is kept
 

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from resnetlab.errors import Error
-from resnetlab.export.runtime import require_extra
+from resnetlab.weights.exported import require_extra
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 

@@ -26,14 +26,15 @@ import torch
 from torch import Tensor, nn
 
 from resnetlab.atomic import fsync_dir, write_atomic
-from resnetlab.data import ImageArrays, is_image_files, load_dataset, make_loader
+from resnetlab.data import ImageArrays, load_dataset, make_loader
 from resnetlab.errors import Error
 from resnetlab.export.fold import count_bn, fold_bn
-from resnetlab.export.runtime import OnnxModel, ProgramModel, require_extra
-from resnetlab.export.sidecar import sidecar_bytes, sidecar_path
 from resnetlab.models import create_model, list_models
 from resnetlab.models.gpt import LANGUAGE_MODELS
+from resnetlab.weights import Preprocessing, load
 from resnetlab.weights.cache import sha256sum
+from resnetlab.weights.exported import OnnxModel, ProgramModel, is_exported, require_extra
+from resnetlab.weights.sidecar import sidecar_bytes, sidecar_path
 
 FORMATS = {"onnx": ".onnx", "pt2": ".pt2"}
 # Allowed max |exported - eager| as a fraction of the eager logits' std. An absolute bound
@@ -80,11 +81,13 @@ def _version(package: str) -> str | None:
         return None
 
 
-def load_source(source: str, device: str = "cpu") -> tuple[nn.Module, dict[str, Any], Path | None]:
-    """(eager model in eval mode, its metadata, the weights file or None) for a run directory, a
-    weights file, a registry tag, or a registered model name (random weights, for timing)."""
-    from resnetlab.train.checkpoint import load_model
-
+def load_source(
+    source: str, device: str = "cpu"
+) -> tuple[nn.Module, Preprocessing, dict[str, Any], Path | None]:
+    """(eager model in eval mode, its preprocessing, its metadata, the weights file or None) for
+    any SOURCE `weights.load` takes, or a registered model name (random weights, for timing)."""
+    if is_exported(source):
+        raise Error(f"{source} is already an exported file; export the run or weights it came from")
     if not Path(source).exists() and source in list_models():
         if source in LANGUAGE_MODELS:
             raise Error(f"{source} is a byte-level language model; export takes image classifiers")
@@ -94,43 +97,57 @@ def load_source(source: str, device: str = "cpu") -> tuple[nn.Module, dict[str, 
         defaults = _IMAGENET if family == "imagenet" else _CIFAR
         if family == "mlp":  # a fixed input size: the one it was built for
             defaults = {**_CIFAR, "image_size": model.image_size, "resize_size": model.image_size}
+        preprocessing = Preprocessing(
+            **{k: v[: model.in_chans] if isinstance(v, list) else v for k, v in defaults.items()},
+            in_chans=model.in_chans,
+            classes=tuple(str(i) for i in range(model.num_classes)),
+        )
         meta = {
             "model": source,
             "model_kwargs": {},
             "num_classes": model.num_classes,
-            "in_chans": model.in_chans,
-            "classes": [str(i) for i in range(model.num_classes)],
-            **{k: v[: model.in_chans] if isinstance(v, list) else v for k, v in defaults.items()},
-            "interpolation": "bilinear",
+            **preprocessing.meta(),
             "data": None,
             "tag": None,
             "source": None,
         }
-        return model, meta, None
-    model, meta = load_model(source, device)
+        return model, preprocessing, meta, None
+    model, preprocessing = load(source, device=device)
+    meta = {**model.pretrained_cfg, **preprocessing.meta()}
     local = Path(meta.get("source") or "")
-    return model.eval(), dict(meta), local if local.is_file() else None
+    return model, preprocessing, meta, local if local.is_file() else None
 
 
-def _images(meta: dict[str, Any], data: str, split: str, count: int, data_dir: str | None) -> Tensor:
+def _images(
+    preprocessing: Preprocessing,
+    meta: dict[str, Any],
+    data: str,
+    split: str,
+    count: int,
+    data_dir: str | None,
+) -> Tensor:
     """`count` images of `split` (training images drawn at random by the run's seed; test images
-    in order), normalised as the model's evaluation inputs: (count, C, S, S) float."""
-    x, _ = _images_and_labels(meta, data, split, count, data_dir)
+    in order), fed as the model's evaluation inputs: (count, C, S, S) float."""
+    x, _ = _images_and_labels(preprocessing, meta, data, split, count, data_dir)
     return x
 
 
 def _images_and_labels(
-    meta: dict[str, Any], data: str, split: str, count: int | None, data_dir: str | None
+    preprocessing: Preprocessing,
+    meta: dict[str, Any],
+    data: str,
+    split: str,
+    count: int | None,
+    data_dir: str | None,
 ) -> tuple[Tensor, Tensor]:
-    size = meta.get("image_size", 0) if is_image_files(data) else 0
     seed = meta.get("seed", 0)
-    dataset = load_dataset(
-        data, split, data_dir=data_dir, val_size=meta.get("val_size", 0), seed=seed, image_size=size
-    )
-    if dataset.in_chans != meta["in_chans"] or dataset.image_size != meta["image_size"]:
+    dataset = load_dataset(data, split, data_dir=data_dir, val_size=meta.get("val_size", 0), seed=seed)
+    # The model's own normalisation (and a folder's crop), whatever data set --calibration-data names.
+    dataset = preprocessing.feed(dataset) if dataset.in_chans == preprocessing.in_chans else dataset
+    if dataset.in_chans != preprocessing.in_chans or dataset.image_size != preprocessing.image_size:
         raise Error(
             f"{data} has {dataset.in_chans}x{dataset.image_size}px images, but {meta['model']} takes "
-            f"{meta['in_chans']}x{meta['image_size']}px; pick a matching data set"
+            f"{preprocessing.in_chans}x{preprocessing.image_size}px; pick a matching data set"
         )
     if count is not None and count < len(dataset) and isinstance(dataset, ImageArrays):
         if split == "train":
@@ -145,14 +162,7 @@ def _images_and_labels(
         seen += len(batch[1])
         if count is not None and seen >= count:  # a folder is read in order, only as far as needed
             break
-    # A data set's own normalisation may differ from the model's when --calibration-data names
-    # another set: re-normalise with the model's statistics.
-    x, y = torch.cat(xs)[:count], torch.cat(ys)[:count]
-    own_mean = torch.tensor(dataset.mean).view(1, -1, 1, 1)
-    own_std = torch.tensor(dataset.std).view(1, -1, 1, 1)
-    mean = torch.tensor(meta["mean"]).view(1, -1, 1, 1)
-    std = torch.tensor(meta["std"]).view(1, -1, 1, 1)
-    return ((x * own_std + own_mean) - mean) / std, y
+    return torch.cat(xs)[:count], torch.cat(ys)[:count]
 
 
 def _parity(runner: nn.Module, eager: nn.Module, x: Tensor, sizes: list[int]) -> dict[str, Any]:
@@ -262,7 +272,7 @@ def export_model(
         for name in ("onnx", "onnxruntime", "onnxscript"):
             require_extra(name)
 
-    eager, meta, weights = load_source(str(source))
+    eager, preprocessing, meta, weights = load_source(str(source))
     data = meta.get("data")
     calibration_data = o.calibration_data or data
     if o.int8 and not calibration_data:
@@ -270,9 +280,9 @@ def export_model(
             f"--int8 needs calibration images and {source} has no data set of its own; "
             "give --calibration-data DATA"
         )
-    shape = (meta["in_chans"], meta["image_size"], meta["image_size"])
+    shape = (preprocessing.in_chans, preprocessing.image_size, preprocessing.image_size)
     if data:
-        x_test, y_test = _images_and_labels(meta, data, "test", None, o.data_dir)
+        x_test, y_test = _images_and_labels(preprocessing, meta, data, "test", None, o.data_dir)
         verify, verify_from = (
             x_test[: o.verify_images],
             f"{min(o.verify_images, len(x_test))} {data} test images",
@@ -283,7 +293,7 @@ def export_model(
         verify_from = f"16 random inputs ({source} has no data set)"
     calib = None
     if o.int8:  # read before the fp32 export, so a bad --calibration-data fails at once
-        calib = _images(meta, calibration_data, "train", o.calibration_images, o.data_dir)
+        calib = _images(preprocessing, meta, calibration_data, "train", o.calibration_images, o.data_dir)
     _remove_leftovers(out)
 
     model = fold_bn(eager) if o.fold_bn else eager

@@ -22,8 +22,8 @@ _EXPORTS = {
     "ResNetOptions": "resnetlab.models.options",
     "ResidualMLP": "resnetlab.models.mlp",
     "cifar_resnet": "resnetlab.models.resnet",
-    "create_model": "resnetlab.models.registry",
-    "list_models": "resnetlab.models.registry",
+    "create_model": "resnetlab.models.factory",
+    "list_models": "resnetlab.models.factory",
     "register_model": "resnetlab.models.registry",
 }
 
@@ -44,10 +44,11 @@ __all__ = [
 
 if TYPE_CHECKING:
     from resnetlab.models.blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck
+    from resnetlab.models.factory import create_model, list_models
     from resnetlab.models.gpt import GPT
     from resnetlab.models.mlp import ResidualMLP
     from resnetlab.models.options import ResNetOptions
-    from resnetlab.models.registry import create_model, list_models, register_model
+    from resnetlab.models.registry import register_model
     from resnetlab.models.resnet import ResNet, cifar_resnet
 
 

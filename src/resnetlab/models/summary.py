@@ -18,9 +18,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from resnetlab.models.factory import create_model, list_models
 from resnetlab.models.gpt import GPT
 from resnetlab.models.mlp import ResidualMLP
-from resnetlab.models.registry import create_model, list_models
 from resnetlab.models.resnet import ResNet
 from resnetlab.models.table import PAPER_FIGURES, TABLE_FILE, ModelSummary, load_table, table_json
 

@@ -18,7 +18,6 @@ from pathlib import Path
 from resnetlab.data.datasets import is_image_files
 from resnetlab.errors import Error
 from resnetlab.flags import add_field_flags, format_value, given_fields
-from resnetlab.train.checkpoint import inference_weights
 from resnetlab.train.config import RECIPES, RESUME_MAY_CHANGE, TrainConfig, get_recipe, list_recipes
 from resnetlab.train.distributed import setup_runtime, teardown_runtime
 from resnetlab.train.engine import fit
@@ -26,9 +25,7 @@ from resnetlab.train.evaluate import evaluate_checkpoint, format_report
 from resnetlab.train.predict import predict
 from resnetlab.train.rundir import read_config
 from resnetlab.train.tta import TTA_MODES
-from resnetlab.weights import hf, hub
-from resnetlab.weights.formats import read_checkpoint
-from resnetlab.weights.registry import find_by_path, find_by_url, get_weights
+from resnetlab.weights import source_model
 
 DEFAULT_RECIPE = "fast"
 FINETUNE_RECIPE = "finetune"  # the default with --init-from
@@ -182,7 +179,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
     if args.resume is None:
         fine_tuning = given.get("init_from") is not None
         if fine_tuning and "model" not in given:
-            given["model"] = weights_model(given["init_from"]) or RECIPES[DEFAULT_RECIPE].model
+            given["model"] = source_model(given["init_from"]) or RECIPES[DEFAULT_RECIPE].model
         default = FINETUNE_RECIPE if fine_tuning else DEFAULT_RECIPE
         cfg = dataclasses.replace(get_recipe(args.recipe or default), **given)
         if is_image_files(cfg.data) and "crop_padding" not in given:
@@ -206,29 +203,6 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
     if not run_dir.is_dir():
         raise Error(f"--resume {run_dir}: no such run directory")
     return dataclasses.replace(read_config(run_dir), out=str(run_dir), **given), True
-
-
-def weights_model(source: str) -> str | None:
-    """The model that the weights `source` names hold, found without downloading anything: a
-    registry tag's, a resnetlab run's or weights file's, a Hub folder's; None where only loading
-    would tell."""
-    if source.startswith(("http://", "https://")):
-        entry = find_by_url(source)
-        return entry.model if entry else None
-    if source.startswith(hub.PREFIX):  # its config.json alone says (a few hundred bytes)
-        return hf.read_config(hub.fetch(source, files=(hf.CONFIG_FILE,)))["model"]
-    path = Path(source.removeprefix(hf.PREFIX)).expanduser()
-    if hf.is_hf_folder(path):
-        return hf.read_config(path)["model"]
-    if path.exists():
-        weights = inference_weights(path)
-        entry = find_by_path(weights)
-        if entry is not None:
-            return entry.model
-        return (read_checkpoint(weights)[1] or {}).get("model") if weights.suffix == ".safetensors" else None
-    if os.sep in source or source.endswith((".pth", ".pt", ".bin", ".ckpt", ".safetensors")):
-        return None  # a file that is not there: loading it says so
-    return get_weights(source).model
 
 
 def run_train(args: argparse.Namespace) -> int:

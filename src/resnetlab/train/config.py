@@ -32,6 +32,7 @@ from typing import Any
 
 from resnetlab.data.datasets import is_image_files
 from resnetlab.data.folder import DECODE_MODES
+from resnetlab.data.selection import Selection
 from resnetlab.errors import Error
 from resnetlab.train.tta import TTA_MODES
 
@@ -265,12 +266,33 @@ class TrainConfig:
             not (self.amp == "fp16" and self.device == "cpu"), "--amp fp16 needs CUDA; use --amp bf16 on CPU"
         )
 
-    def steps_per_epoch(self, train_examples: int) -> int:
-        """Optimizer steps in one pass; the last partial batch is dropped."""
-        return max(1, train_examples // self.batch_size)
+    def selection(self) -> Selection:
+        """The data this run trains and evaluates on."""
+        return Selection(
+            data=self.data,
+            eval_splits=self.eval_splits,
+            data_dir=self.data_dir,
+            val_size=self.val_size,
+            seed=self.seed,
+            strict=self.strict,
+            image_size=self.image_size,
+            decode=self.decode,
+            classes=self.classes,
+            per_class=self.per_class,
+            train_subset=self.train_subset,
+        )
 
-    def total_steps(self, train_examples: int) -> int:
-        return self.max_steps or self.epochs * self.steps_per_epoch(train_examples)
+    def eval_facts(self) -> dict[str, Any]:
+        """What a run stores with its weights so `resnetlab eval` repeats its own figure: the data
+        and its hold-out, and the TTA, autocast and memory layout it evaluated with."""
+        return {
+            "data": self.data,
+            "val_size": self.val_size,
+            "seed": self.seed,
+            "tta": self.tta,
+            "amp": self.amp,
+            "channels_last": self.channels_last,
+        }
 
     def train_size(self, step: int, total_steps: int) -> int | None:
         """The image side of step `step` under --progressive-sizes (None: the data's own)."""

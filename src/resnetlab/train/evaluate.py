@@ -20,13 +20,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import nn
 
-from resnetlab.data import FolderDataset, has_split, is_image_files, load_dataset, make_loader, mirror_warning
+from resnetlab.data import has_split, is_image_files, load_dataset, make_loader, mirror_warning
 from resnetlab.errors import Error
-from resnetlab.train.checkpoint import require_meta
 from resnetlab.train.distributed import Runtime, resolve_device
 from resnetlab.train.precision import autocast
 from resnetlab.train.rundir import CONFIG_FILE
 from resnetlab.train.tta import check_tta, tta_logits
+from resnetlab.weights import Preprocessing, load
+from resnetlab.weights.exported import is_exported
 
 
 @dataclass
@@ -166,10 +167,9 @@ def evaluate_checkpoint(
     default to the test-time augmentation and autocast the run evaluated with, in its memory
     layout (none for other weights; fp16 only on CUDA), so eval repeats the run's own figure.
     """
-    from resnetlab.export.runtime import is_exported, load_inference_model
-
     dev = torch.device("cpu") if is_exported(path) else resolve_device(device)
-    model, meta = load_inference_model(path, dev)
+    model, preprocessing = load(path, device=dev)
+    meta = model.pretrained_cfg
     data = data or meta.get("data")
     if not data:
         raise Error(
@@ -178,21 +178,9 @@ def evaluate_checkpoint(
         )
     if split is None:  # a folder of class folders has no test split, only its held-out val
         split = "test" if has_split(data, "test", val_size=0) else "val"
-    size = (meta.get("image_size") or 0) if is_image_files(data) else 0
     val_size = (meta.get("val_size") or 0) if split == "val" else 0
-    dataset = load_dataset(
-        data, split, data_dir=data_dir, val_size=val_size, seed=meta.get("seed") or 0, image_size=size
-    )
-    if isinstance(dataset, FolderDataset):
-        require_meta(meta, ("mean", "std", "resize_size"), meta["source"])
-        dataset.mean, dataset.std = tuple(meta["mean"]), tuple(meta["std"])
-        dataset.resize_size = meta["resize_size"]
-        dataset.interpolation = meta.get("interpolation") or "bilinear"
-    if dataset.num_classes != meta["num_classes"] or dataset.in_chans != meta["in_chans"]:
-        raise Error(
-            f"{data} has {dataset.num_classes} classes and {dataset.in_chans} channels, but the model was "
-            f"trained for {meta['num_classes']} classes and {meta['in_chans']} channels; pick matching --data"
-        )
+    dataset = load_dataset(data, split, data_dir=data_dir, val_size=val_size, seed=meta.get("seed") or 0)
+    dataset = feed_for(preprocessing, dataset, data, num_classes=meta["num_classes"], source=meta["source"])
     tta = (meta.get("tta") or "none") if tta is None else tta
     if tta != "none" and (warning := mirror_warning(data, f"--tta {tta}")):
         print(warning, file=sys.stderr)
@@ -205,7 +193,7 @@ def evaluate_checkpoint(
     if channels_last:  # the run's kernels: under bf16 another layout rounds differently
         model = model.to(memory_format=torch.channels_last)
     loader = make_loader(dataset, batch_size=batch_size, train=False, device=dev, channels_last=channels_last)
-    result = evaluate(model, loader, num_classes=meta["num_classes"], amp=amp, tta=tta)
+    result = evaluate(model, loader, num_classes=dataset.num_classes, amp=amp, tta=tta)
     if figure is None and (run_dir := _run_dir(path, meta)) is not None:
         figure = run_dir / f"confusion-{split}.png"
     if figure is not None:
@@ -214,6 +202,21 @@ def evaluate_checkpoint(
         title = f"{meta['model']} on {data} {split}{views}: top-1 error {100 * result.err:.2f}%"
         plot_confusion(result.confusion, list(dataset.classes), figure, title)
     return CheckpointEval(result, meta, data, split, list(dataset.classes), figure, tta)
+
+
+def feed_for(
+    preprocessing: Preprocessing, dataset: Any, data: str, *, num_classes: int, source: object
+) -> Any:
+    """`dataset` fed to a model of `num_classes` outputs as `preprocessing` says: its normalisation
+    and, for a folder or pack, its crop, resize and interpolation. Other classes or channels are refused."""
+    if dataset.num_classes != num_classes or dataset.in_chans != preprocessing.in_chans:
+        raise Error(
+            f"{data} has {dataset.num_classes} classes and {dataset.in_chans} channels, but the model was "
+            f"trained for {num_classes} classes and {preprocessing.in_chans} channels; pick matching --data"
+        )
+    if is_image_files(data):  # decoded here: it must be cropped and normalised exactly as trained
+        preprocessing.require(("mean", "std", "image_size", "resize_size"), source)
+    return preprocessing.feed(dataset)
 
 
 def _run_dir(path: str | Path, meta: dict[str, Any]) -> Path | None:

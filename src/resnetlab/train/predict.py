@@ -17,8 +17,9 @@ from PIL import Image
 
 from resnetlab.data.folder import UnreadableImage, centre_box, decode
 from resnetlab.errors import Error
-from resnetlab.train.checkpoint import require_meta
 from resnetlab.train.distributed import resolve_device
+from resnetlab.weights import Preprocessing, load
+from resnetlab.weights.exported import is_exported
 
 
 @dataclass
@@ -48,28 +49,42 @@ def load_image(
     return torch.from_numpy(array[None] if array.ndim == 2 else array.transpose(2, 0, 1).copy())
 
 
-@torch.no_grad()
 def predict(
     source: str | Path, images: list[str | Path], *, top_k: int = 5, device: str = "auto"
 ) -> list[Prediction]:
     """Top-k predictions for each image file of the model `source` names: a run directory, a
-    weights file, a registry tag, a URL (anything `create_model(pretrained=...)` takes) or a file
-    from `resnetlab export` (.onnx through ONNX Runtime, .pt2), fed as its sidecar says."""
-    from resnetlab.export.runtime import is_exported, load_inference_model
-
+    weights file, a registry tag, a URL, a Hub repository or folder (any SOURCE `weights.load`
+    takes) or a file from `resnetlab export` (.onnx through ONNX Runtime, .pt2), fed as it records."""
     if top_k < 1:
         raise Error("--top-k must be at least 1")
     dev = torch.device("cpu") if is_exported(source) else resolve_device(device)
-    model, meta = load_inference_model(source, dev)
-    require_meta(meta, ("classes", "mean", "std", "image_size", "resize_size"), meta["source"])
-    view = {k: meta[k] for k in ("in_chans", "image_size", "resize_size")}
-    view["interpolation"] = meta.get("interpolation") or "bilinear"
-    batch = torch.stack([load_image(path, **view) for path in images]).to(dev)
-    mean = torch.tensor(meta["mean"], device=dev).view(1, -1, 1, 1)
-    std = torch.tensor(meta["std"], device=dev).view(1, -1, 1, 1)
-    probs = model((batch.float() / 255 - mean) / std).float().softmax(1)
+    model, preprocessing = load(source, device=dev)
+    return classify(model, preprocessing, images, top_k=top_k, source=model.pretrained_cfg["source"])
+
+
+@torch.no_grad()
+def classify(
+    model: torch.nn.Module,
+    preprocessing: Preprocessing,
+    images: list[str | Path],
+    *,
+    top_k: int = 5,
+    source: object = "the model",
+) -> list[Prediction]:
+    """Top-k predictions of `model` for image files, each decoded, resized, cropped and
+    normalised as `preprocessing` says."""
+    preprocessing.require(("classes", "mean", "std", "image_size", "resize_size"), source)
+    view = dict(
+        in_chans=preprocessing.in_chans,
+        image_size=preprocessing.image_size,
+        resize_size=preprocessing.resize_size,
+        interpolation=preprocessing.interpolation,
+    )
+    device = next(model.parameters(), torch.empty(0)).device
+    batch = torch.stack([load_image(path, **view) for path in images]).to(device)
+    probs = model(preprocessing.normalize(batch)).float().softmax(1)
     values, indices = probs.topk(min(top_k, probs.shape[1]), dim=1)
-    classes = meta["classes"]
+    classes = preprocessing.classes
     return [
         Prediction(Path(path), [(classes[i], p) for i, p in zip(idx.tolist(), val.tolist(), strict=True)])
         for path, val, idx in zip(images, values, indices, strict=True)

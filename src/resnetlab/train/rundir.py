@@ -3,11 +3,13 @@
   config.json       the resolved TrainConfig, the command line, library versions, git commit
   metrics.jsonl     one JSON record per line: train records every `log_every` steps, eval records
   curves.png        train and eval loss and error against epoch, redrawn after every eval
-  checkpoint-N/     the latest checkpoint (resnetlab.train.checkpoint)
+  checkpoint-N/     the latest checkpoint (resnetlab.weights.checkpoint)
   tensorboard/      event files, when the optional `tensorboard` package is installed
 
 Only rank 0 touches the directory (the engine builds a `Recorder` without a directory on the
-other ranks), and an existing run is never written over without `overwrite`.
+other ranks), and an existing run is never written over without `overwrite`. `open_run_dir`,
+`same_run` and `resume_point` make every rank of a torchrun group agree on the directory and on
+the checkpoint a resumed run starts from.
 """
 
 from __future__ import annotations
@@ -33,8 +35,11 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from resnetlab.atomic import write_atomic
+from resnetlab.data.arrays import MIN_STD, floored_channels
 from resnetlab.errors import Error
-from resnetlab.train.config import TrainConfig
+from resnetlab.train.config import RESUME_MAY_CHANGE, TrainConfig
+from resnetlab.train.distributed import Runtime
+from resnetlab.weights.checkpoint import latest_checkpoint
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -201,3 +206,93 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=100)
     os.replace(tmp, path)
+
+
+def open_run_dir(
+    cfg: TrainConfig, runtime: Runtime, *, resume: bool, overwrite: bool, dataset: dict[str, Any]
+) -> Path | None:
+    """Rank 0 creates (or, resuming, checks) the run directory; its error, if any, stops every rank."""
+    if cfg.out is None:
+        return None
+    path = Path(cfg.out)
+    problem = None
+    if runtime.is_main:
+        try:
+            if resume:
+                stored = read_config(path)
+                changed = [
+                    f.name
+                    for f in dataclasses.fields(cfg)
+                    if f.name not in RESUME_MAY_CHANGE and getattr(cfg, f.name) != getattr(stored, f.name)
+                ]
+                if changed:
+                    raise Error(
+                        f"resuming {path} with a different config ({', '.join(changed)}); start a new run"
+                    )
+            else:
+                prepare_run_dir(path, overwrite=overwrite)
+                write_config(path, cfg, dataset=dataset, world_size=runtime.world_size)
+        except (Error, OSError) as exc:
+            problem = str(exc)
+    problem = runtime.broadcast_object(problem)
+    if problem:
+        raise Error(problem)
+    return path
+
+
+def same_run(
+    cfg: TrainConfig, runtime: Runtime, *, resume: bool, overwrite: bool
+) -> tuple[TrainConfig, bool, bool]:
+    """(cfg, resume, overwrite) as every rank must use them.
+
+    All ranks take rank 0's run directory (a default name holds the time, which differs between
+    processes). After a worker failure torchrun --max-restarts starts the group again with the
+    same command; once the run directory was started, the new group resumes it instead of
+    starting over (or, with --overwrite, deleting it).
+    """
+    cfg = dataclasses.replace(cfg, out=runtime.broadcast_object(cfg.out))
+    if runtime.restart_count and cfg.out is not None:
+        started = (Path(cfg.out) / CONFIG_FILE).is_file() if runtime.is_main else None
+        if runtime.broadcast_object(started):
+            return cfg, True, False
+    return cfg, resume, overwrite
+
+
+def resume_point(run_dir: Path, runtime: Runtime) -> Path | None:
+    """Rank 0's latest checkpoint, the same one on every rank (None: start from step 0)."""
+    found = latest_checkpoint(run_dir) if runtime.is_main else None
+    name = runtime.broadcast_object(None if found is None else found.name)
+    if runtime.is_main and runtime.restart_count:
+        print(
+            f"resnetlab: restart {runtime.restart_count} of {runtime.max_restarts}: resuming {run_dir} "
+            f"from {name or 'step 0 (no checkpoint yet)'}",
+            file=sys.stderr,
+            flush=True,
+        )
+    if name is None:
+        return None
+    if not (run_dir / name).is_dir():  # another node, without the storage rank 0 writes to
+        raise Error(
+            f"rank {runtime.rank} cannot see {run_dir / name}, which rank 0 resumes from; "
+            "put --out on storage that every node shares"
+        )
+    return run_dir / name
+
+
+def dataset_record(
+    train_set: Any, eval_sets: dict[str, Any], normalization: str, *, init_from: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The data as the run sees it, for config.json: sizes, classes and the input pipeline."""
+    return {
+        "train_examples": len(train_set),
+        "eval_examples": {split: len(ds) for split, ds in eval_sets.items()},
+        "classes": list(train_set.classes),
+        "in_chans": train_set.in_chans,
+        "image_size": train_set.image_size,
+        "mean": list(train_set.mean),
+        "std": list(train_set.std),
+        "std_floor": MIN_STD,  # a channel's std is at least this (one grey level), never ~0
+        "std_floored_channels": floored_channels(train_set.std),
+        "normalization": normalization,  # whose mean/std those are: "weights" or "data"
+        "init_from": init_from,
+    }

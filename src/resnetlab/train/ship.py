@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from resnetlab.errors import Error
-from resnetlab.models import create_model
-from resnetlab.train.checkpoint import inference_weights, load_weights, save_weights
 from resnetlab.train.evaluate import evaluate_checkpoint
+from resnetlab.weights import load
 from resnetlab.weights.cache import SHIPPED_DIR, sha256sum
+from resnetlab.weights.checkpoint import inference_weights, load_weights, save_weights
 
 
 def shipped_name(tag: str) -> str:
@@ -50,7 +50,7 @@ def ship(run_dir: Path, tag: str, folder: Path = SHIPPED_DIR) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
     dest = folder / shipped_name(tag)
     save_weights(dest, state, meta)
-    model = create_model(meta["model"], pretrained=dest)  # the file loads, and gives the parameter count
+    model, _ = load(dest, model=meta["model"])  # the file loads, and gives the parameter count
     return {
         "file": str(dest),
         "sha256": sha256sum(dest),

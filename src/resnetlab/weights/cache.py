@@ -19,6 +19,7 @@ import torch
 
 from resnetlab.data.download import DownloadError, UnwritableFolder, download
 from resnetlab.errors import Error
+from resnetlab.weights import hub
 from resnetlab.weights.entry import WeightsEntry
 
 SHIPPED_DIR = Path(__file__).with_name("shipped")  # weights that come with the package
@@ -69,6 +70,9 @@ def verify(path: Path, sha256: str | None, label: str) -> None:
 
 def candidates(entry: WeightsEntry) -> list[Path]:
     """Where an entry's file may already be, in the order they are tried."""
+    if entry.hub is not None:
+        found = hub.cached(entry.source, entry.file_name)
+        return [found] if found is not None else []
     if entry.shipped:
         return [SHIPPED_DIR / entry.file_name]
     places = [cache_dir() / entry.file_name]
@@ -84,6 +88,8 @@ def cached_path(entry: WeightsEntry) -> Path | None:
 
 def fetch(entry: WeightsEntry, *, timeout: float | None = None) -> Path:
     """The entry's file, checked: found in a cache or the package, else downloaded into the cache."""
+    if entry.hub is not None:  # the Hugging Face cache; checked against the Hub's sha256
+        return hub.fetch(entry.source) / entry.file_name
     found = cached_path(entry)
     if found is None:
         if entry.shipped or entry.url is None:
@@ -92,10 +98,6 @@ def fetch(entry: WeightsEntry, *, timeout: float | None = None) -> Path:
             )
         found = _download(entry.url, cache_dir() / entry.file_name, entry.sha256, timeout)
     verify(found, entry.sha256, entry.name)
-    if entry.config_url is not None:
-        config = found.with_name("config.json")
-        if not config.is_file():
-            _download(entry.config_url, config, None, timeout)
     return found
 
 

@@ -78,7 +78,7 @@ def format_table(entries: list[WeightsEntry]) -> str:
                 "-" if e.metrics.acc1 is None else f"{e.metrics.acc1:.2f}",
                 "?" if size is None else f"{size:.1f} MB",
                 "shipped" if e.shipped else ("yes" if found else "no"),
-                e.url or "inside the package",
+                e.source,
             )
         )
     widths = [max(len(row[i]) for row in cells) for i in range(len(_COLUMNS))]
@@ -89,4 +89,6 @@ def format_table(entries: list[WeightsEntry]) -> str:
         padded = (cell.rjust(w) if i in numeric else cell.ljust(w) for i, (cell, w) in pairs)
         lines.append("  ".join(padded).rstrip())
     lines.append("* the model's default (pretrained=True); acc@1: published top-1 %, '-' where none is")
+    if any(e.hub for e in entries):
+        lines.append("hf-hub: checked against the sha256 the Hub publishes; the size shows once cached")
     return "\n".join(lines)

@@ -19,11 +19,12 @@ class Metrics:
 class WeightsEntry:
     """One checkpoint, named `<model>.<tag>` as timm does (resnet50.tv2_in1k).
 
-    The file comes from `url` (downloaded into the cache) or ships inside the package (`shipped`).
-    `sha256` is the file's digest or a prefix of it (torchvision's names carry the first 8 hex
-    digits); None where the source publishes none (timm's hub files), in which case the file is
-    checked by the safetensors header and a strict key and shape check only. Preprocessing
-    fields left None are read from the hub's `config.json` (`config_url`) when it is fetched.
+    The file comes from `url` (downloaded into the cache), from a Hugging Face Hub repository
+    (`hub`, through weights/hub.py: the Hub publishes each LFS file's sha256, and every download
+    is checked against it), or ships inside the package (`shipped`). `sha256` is the file's digest
+    or a prefix of it (torchvision's names carry the first 8 hex digits); None for Hub files,
+    whose digest the Hub gives. Preprocessing fields left None are read from the repository's
+    `config.json`.
     """
 
     model: str  # registered model name
@@ -46,7 +47,7 @@ class WeightsEntry:
     size_mb: float | None = None  # published file size, MiB
     default: bool = False  # the weights `pretrained=True` means for this model
     shipped: bool = False  # the file is in the package (works offline)
-    config_url: str | None = None  # timm hub config.json with the preprocessing
+    hub: str | None = None  # "ORG/NAME" of a Hub repository in timm's layout (weights/hf.py)
     data: str | None = None  # resnetlab data set name to evaluate on (`resnetlab eval`); None: not here
     notes: str = ""
     model_kwargs: dict[str, object] = field(default_factory=dict)  # builder options it needs (depth=8)
@@ -54,3 +55,10 @@ class WeightsEntry:
     @property
     def name(self) -> str:
         return f"{self.model}.{self.tag}"
+
+    @property
+    def source(self) -> str:
+        """Where the file comes from, as `pretrained=` would spell it."""
+        if self.hub is not None:
+            return f"hf-hub:{self.hub}"
+        return self.url or "inside the package"

@@ -12,7 +12,6 @@ exactly; a folder from timm or the Hub is read from config.json alone.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import uuid
@@ -22,6 +21,7 @@ from typing import Any
 from resnetlab.atomic import fsync_dir, write_atomic
 from resnetlab.errors import Error
 from resnetlab.weights.classes import class_names
+from resnetlab.weights.preprocessing import Preprocessing
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -48,7 +48,6 @@ TIMM_MODELS = frozenset(
     }
 )
 _TIMM_ARGS = frozenset({"in_chans", "num_classes", "drop_rate", "drop_path_rate"})  # same meaning in timm
-_TIMM_INTERPOLATIONS = frozenset({"bilinear", "bicubic", "nearest"})
 
 
 def is_hf_folder(path: Path) -> bool:
@@ -65,50 +64,6 @@ def timm_loads(meta: dict[str, Any]) -> bool:
     return meta["model"] in TIMM_MODELS and set(meta.get("model_kwargs") or {}) <= _TIMM_ARGS
 
 
-def crop_pct(image_size: int, resize_size: int) -> float:
-    """timm's crop_pct for a centre crop of `image_size` after resizing the short side to
-    `resize_size`: the float that timm's floor(image_size / crop_pct) turns back into resize_size."""
-    pct = image_size / resize_size
-    while math.floor(image_size / pct) < resize_size:
-        pct = math.nextafter(pct, 0.0)
-    while math.floor(image_size / pct) > resize_size:
-        pct = math.nextafter(pct, 1.0)
-    return pct
-
-
-def pretrained_cfg(meta: dict[str, Any]) -> dict[str, Any]:
-    """timm's `pretrained_cfg` for resnetlab metadata (mean, std, sizes, interpolation, classes)."""
-    size, resize = int(meta["image_size"]), int(meta.get("resize_size") or meta["image_size"])
-    interpolation = meta.get("interpolation") or "bilinear"
-    return {
-        "tag": meta.get("tag") or "resnetlab",
-        "input_size": [int(meta["in_chans"]), size, size],
-        "fixed_input_size": False,
-        "interpolation": interpolation if interpolation in _TIMM_INTERPOLATIONS else "bilinear",
-        "crop_pct": crop_pct(size, resize),
-        "crop_mode": "center",
-        "mean": list(meta["mean"]),
-        "std": list(meta["std"]),
-        "num_classes": int(meta["num_classes"]),
-        "first_conv": "conv1",
-        "classifier": "fc",
-    }
-
-
-def preprocessing(cfg: dict[str, Any]) -> dict[str, Any]:
-    """resnetlab's preprocessing keys from a timm `pretrained_cfg` (resize by timm's own rule)."""
-    out: dict[str, Any] = {key: cfg.get(key) for key in ("mean", "std", "interpolation")}
-    if "input_size" in cfg:
-        out["image_size"] = int(cfg["input_size"][-1])
-        # timm's evaluation resize: short side floor(crop / crop_pct), then the centre crop
-        # (0.875 is timm's default crop_pct, used when the file gives none).
-        pct = float(cfg.get("crop_pct", 0.875))
-        if not (0 < pct <= 4 and 0 < out["image_size"] <= 65535):
-            raise ValueError(f"crop_pct {pct} or input size {out['image_size']} out of range")
-        out["resize_size"] = math.floor(out["image_size"] / pct)
-    return out
-
-
 def hf_config(meta: dict[str, Any], num_features: int) -> dict[str, Any]:
     """The config.json of a folder holding the weights `meta` describes."""
     args = {k: v for k, v in (meta.get("model_kwargs") or {}).items() if k != "num_classes"}
@@ -120,7 +75,13 @@ def hf_config(meta: dict[str, Any], num_features: int) -> dict[str, Any]:
         "num_features": num_features,
         "global_pool": "avg",
         "model_args": args,
-        "pretrained_cfg": pretrained_cfg(meta),
+        "pretrained_cfg": {
+            "tag": meta.get("tag") or "resnetlab",
+            **Preprocessing.from_meta(meta).pretrained_cfg(),
+            "num_classes": int(meta["num_classes"]),
+            "first_conv": "conv1",
+            "classifier": "fc",
+        },
     }
     if meta.get("classes"):
         config["label_names"] = list(meta["classes"])
@@ -135,13 +96,14 @@ def read_config(folder: Path) -> dict[str, Any]:
         arch, cfg = config["architecture"], config.get("pretrained_cfg") or {}
         args = dict(config.get("model_args") or {})
         input_size = cfg.get("input_size") or [args.get("in_chans", 3), 224, 224]
+        preprocessing = Preprocessing.from_pretrained_cfg({**cfg, "input_size": input_size})
         meta = {
+            **preprocessing.meta(),
             "model": str(arch),
             "model_kwargs": {k: v for k, v in args.items() if k not in ("in_chans", "num_classes")},
             "num_classes": int(config.get("num_classes", cfg.get("num_classes", 1000))),
             "in_chans": int(args.get("in_chans", input_size[0])),
             "classes": config.get("label_names") or cfg.get("label_names"),
-            **preprocessing(cfg),
         }
         if meta["classes"] is None and meta["num_classes"] == 1000:
             # timm's ImageNet repositories carry no names: theirs are ImageNet-1k's, in index order

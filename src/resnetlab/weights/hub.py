@@ -51,6 +51,18 @@ def fetch(spec: str, files: tuple[str, ...] = (hf.CONFIG_FILE, hf.WEIGHTS_FILE))
     return folder
 
 
+def cached(spec: str, name: str = hf.WEIGHTS_FILE) -> Path | None:
+    """File `name` of the repository `spec` names if the Hugging Face cache holds it, else None;
+    nothing is fetched and nothing is checked."""
+    repo, revision = _split(spec)
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    found = try_to_load_from_cache(repo, name, revision=revision)
+    return Path(found) if isinstance(found, str) else None
+
+
 def _reason(exc: Exception) -> str:
     kind = type(exc).__name__
     if kind == "LocalEntryNotFoundError":

@@ -71,10 +71,12 @@ def get_weights(tag: str, model: str | None = None) -> WeightsEntry:
 
 def find_by_path(path: Path) -> WeightsEntry | None:
     """The entry a local file is a copy of, told by its published name: a torchvision file's
-    (it carries its sha256 prefix), a shipped file's, or a timm file in the cache's layout
-    (timm/<model>.<tag>/model.safetensors); a bare model.safetensors matches nothing."""
+    (it carries its sha256 prefix) or a shipped file's; a Hub file (model.safetensors) is
+    named by its repository, so a loose one matches nothing."""
     posix = path.as_posix()
-    found = [e for e in ENTRIES if posix == e.file_name or posix.endswith("/" + e.file_name)]
+    found = [
+        e for e in ENTRIES if e.hub is None and (posix == e.file_name or posix.endswith("/" + e.file_name))
+    ]
     return found[0] if len(found) == 1 else None
 
 

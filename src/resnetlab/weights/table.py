@@ -1,9 +1,9 @@
 """The table of pretrained checkpoints: data only. Facts from shared/REFERENCE.md, "Pretrained weights".
 
 torchvision: every file of its `resnet.py` (0.29), tagged tv_in1k (IMAGENET1K_V1) and tv2_in1k
-(IMAGENET1K_V2, the default where it exists), as timm names the same files. timm: a few hub
-repositories, whose digests and preprocessing timm does not publish outside the repository; the
-entries say so (sha256 None) and take the preprocessing from the repository's config.json.
+(IMAGENET1K_V2, the default where it exists), as timm names the same files. timm: a few Hugging Face
+Hub repositories, fetched through `hf-hub:` (weights/hub.py): each download is checked against
+the sha256 the Hub publishes for it, and the preprocessing comes from the repository's config.json.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _TV_URL = "https://download.pytorch.org/models/"
 _TV_LICENSE = "BSD-3-Clause (torchvision)"
-_HF_URL = "https://huggingface.co/timm/{name}/resolve/main/"
 _TIMM_LICENSE = "Apache-2.0 (timm)"
 
 
@@ -118,14 +117,14 @@ def _timm(
     default: bool = False,
     notes: str = "",
 ) -> WeightsEntry:
-    """A timm hub repository `timm/<model>.<tag>`: model.safetensors plus config.json."""
-    base = _HF_URL.format(name=f"{model}.{tag}")
+    """A timm Hub repository `timm/<model>.<tag>`: model.safetensors plus config.json, fetched
+    through `hf-hub:` and checked against the sha256 the Hub publishes for it."""
     return WeightsEntry(
         model=model,
         tag=tag,
-        url=base + "model.safetensors",
-        file_name=f"timm/{model}.{tag}/model.safetensors",
-        sha256=None,  # timm publishes no digest outside the hub; checked by header, keys and shapes
+        url=None,
+        file_name="model.safetensors",  # in the Hugging Face cache's snapshot of the repository
+        sha256=None,  # the Hub names it: every download is checked against that
         format="safetensors",
         num_params=num_params,
         num_classes=1000,
@@ -139,7 +138,7 @@ def _timm(
         metrics=Metrics("imagenet-1k val", acc1, None, how),
         license=_TIMM_LICENSE,
         default=default,
-        config_url=base + "config.json",
+        hub=f"timm/{model}.{tag}",
         notes=notes,
     )
 

@@ -1,19 +1,17 @@
-"""`create_model(name, pretrained=...)`: find the weights, build the model to fit them, load them.
+"""The one loader: `load(SOURCE)` -> (model, Preprocessing), and `create_model(name, pretrained=...)`.
 
-`pretrained` is True (the model's default tag), a tag ("tv2_in1k" or "resnet50.tv2_in1k"), a
-local file (torchvision .pth, timm or resnetlab .safetensors), an http(s) URL, a resnetlab run
-directory, or a repository or folder in the Hugging Face Hub layout timm uses (`hf-hub:ORG/NAME`,
-weights/hub.py; `local-dir:PATH` or PATH, weights/hf.py). The model gets `pretrained_cfg`: what
-it expects as input and what its outputs mean, under the names a resnetlab run stores with its
-weights (train/engine.py `_model_meta`).
+Every command that reads weights comes here: train (--init-from), eval, predict, export, the
+experiments and `resnetlab.create_model`. The weights are found (`weights.source.locate`), the
+model is built to fit them through the registry and they are loaded into it; an exported .onnx
+or .pt2 runs through its runtime instead (`weights.exported`). The model gets `pretrained_cfg`:
+what the weights record beyond the `Preprocessing` (name, options, data set, tag, metrics,
+license, the run's autocast and TTA), under the names a run stores (`weights.meta`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,70 +19,72 @@ import torch
 from torch import nn
 
 from resnetlab.errors import Error
-from resnetlab.models.registry import get_builder
-from resnetlab.weights import hf, hub
+from resnetlab.models.factory import get_builder
+from resnetlab.weights import hf
 from resnetlab.weights.adapt import HEAD, fit_state_dict
-from resnetlab.weights.cache import fetch, fetch_url, verify
 from resnetlab.weights.classes import class_names
 from resnetlab.weights.entry import WeightsEntry
+from resnetlab.weights.exported import is_exported, load_exported
 from resnetlab.weights.formats import read_checkpoint
-from resnetlab.weights.registry import default_weights, find_by_path, find_by_url, get_weights
+from resnetlab.weights.preprocessing import Preprocessing
+from resnetlab.weights.source import Located, locate
 
-_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 _RESNETLAB_KEYS = ("model", "model_kwargs", "num_classes", "in_chans")  # to rebuild a run's model
+_TIMM_PREFIXES = ("hf-hub:", "local-dir:")  # timm's spelling: the repository names the model
 
 
-@dataclass(frozen=True)
-class Located:
-    """A checkpoint file found (and checked) on disk, with the registry entry it belongs to, if any."""
+def load(
+    source: str | Path,
+    *,
+    model: str | None = None,
+    num_classes: int | None = None,
+    in_chans: int | None = None,
+    device: torch.device | str = "cpu",
+    **options: Any,
+) -> tuple[nn.Module, Preprocessing]:
+    """The model `source` holds, in eval mode on `device`, and how to feed it.
 
-    path: Path
-    entry: WeightsEntry | None
-    source: str  # the URL or path it came from, for pretrained_cfg["source"]
-    config: dict[str, Any] | None = None  # an HF folder's config.json, as resnetlab metadata
+    model: the architecture the weights must be (None: the one they name). num_classes, in_chans:
+    another head (fresh) or stem (adapted) than the weights'; options: more builder arguments.
+    An exported file runs on the CPU through its runtime and takes no such changes.
+    """
+    shape = {k: v for k, v in (("num_classes", num_classes), ("in_chans", in_chans)) if v is not None}
+    if is_exported(source):
+        if shape or options:
+            changes = ", ".join({**shape, **options})
+            raise Error(f"{source} is an exported graph; it cannot be rebuilt with {changes}")
+        runner, meta = load_exported(source)
+        runner.pretrained_cfg = meta
+        return runner.eval(), preprocessing_of(meta, source)
+    net = load_pretrained(model, source, **shape, **options)
+    return net.to(device).eval(), preprocessing_of(net.pretrained_cfg, source)
 
 
-def locate(pretrained: object, model: str | None = None) -> Located:
-    """The file `pretrained` names, downloaded into the cache if need be and checked."""
-    if pretrained is True:
-        if model is None:
-            raise Error("pretrained=True needs a model name; give a tag such as resnet50.tv2_in1k instead")
-        return _from_entry(default_weights(model))
-    if not isinstance(pretrained, (str, os.PathLike)) or isinstance(pretrained, bool):
+def create_model(name: str, *, pretrained: object = None, **kwargs: Any) -> nn.Module:
+    """Build a registered model: `create_model("resnet56", num_classes=10, in_chans=1)`.
+
+    `pretrained`: None/False for random weights; True (the model's default weights) or any SOURCE
+    (weights/source.py) loads them and sets `model.pretrained_cfg`, in training mode.
+    `create_model("hf-hub:timm/resnet50.a1_in1k", pretrained=True)` is timm's spelling.
+    """
+    if name.startswith(_TIMM_PREFIXES):
+        if pretrained is not True:
+            raise ValueError(f"create_model({name!r}) loads that repository's weights: give pretrained=True")
+        return load_pretrained(None, name, **kwargs)
+    if pretrained is None or pretrained is False:
+        return get_builder(name)(**kwargs)
+    get_builder(name)  # an unknown name fails before any download
+    return load_pretrained(name, pretrained, **kwargs)
+
+
+def preprocessing_of(meta: dict[str, Any], source: object) -> Preprocessing:
+    """The `Preprocessing` a model's metadata records; inconsistent metadata is one `Error` line."""
+    try:
+        return Preprocessing.from_meta(meta)
+    except (ValueError, TypeError) as exc:
         raise Error(
-            f"pretrained must be True, a weights tag, a file, a URL or a run directory; got {pretrained!r}"
-        )
-    text = os.fspath(pretrained)
-    if text.startswith(("http://", "https://")):
-        entry = find_by_url(text)
-        return _from_entry(entry) if entry else Located(fetch_url(text), None, text)
-    if text.startswith(hub.PREFIX):
-        folder = hub.fetch(text)
-        return Located(folder / hf.WEIGHTS_FILE, None, text, hf.read_config(folder))
-    path = Path(text.removeprefix(hf.PREFIX)).expanduser()
-    if text.startswith(hf.PREFIX) and not hf.is_hf_folder(path):
-        raise Error(f"{path} is not a folder with {hf.CONFIG_FILE} (timm's layout) and {hf.WEIGHTS_FILE}")
-    if path.is_dir() and hf.is_hf_folder(path):
-        return Located(path / hf.WEIGHTS_FILE, None, str(path), hf.read_config(path))
-    if path.exists():
-        if path.is_dir():
-            from resnetlab.train.checkpoint import inference_weights  # lazy: train imports models
-
-            path = inference_weights(path)
-        entry = find_by_path(path)
-        if entry is not None:  # a registry file kept by hand: it must be the published one
-            verify(path, entry.sha256, str(path))
-        return Located(path, entry, str(path))
-    if isinstance(pretrained, os.PathLike) or os.sep in text or text.endswith(_FILE_SUFFIXES):
-        raise Error(
-            f"{path} does not exist; give a run directory, a weights file or a tag (`resnetlab weights`)"
-        )
-    return _from_entry(get_weights(text, model))
-
-
-def _from_entry(entry: WeightsEntry) -> Located:
-    path = fetch(entry)
-    return Located(path, entry, entry.url or str(path))
+            f"{source} records unusable preprocessing ({exc}); use the weights of a resnetlab run"
+        ) from None
 
 
 def load_pretrained(model: str | None, pretrained: object, **kwargs: Any) -> nn.Module:
@@ -151,16 +151,24 @@ def _pretrained_cfg(
     preprocess["interpolation"] = meta.get("interpolation") or ("bilinear" if meta else None)
     classes, dataset = meta.get("classes"), meta.get("data")
     if entry is not None:
-        hub = _hub_config(found.path) if entry.config_url else {}
+        hub = _hub_config(found.path) if entry.hub else {}
         for key in ("mean", "std", "image_size", "resize_size", "interpolation"):
             value = getattr(entry, key)
             if value is None:  # not in the table: the hub's config.json, else the file's metadata
-                value = hub.get(key) if entry.config_url else preprocess[key]
+                value = hub.get(key) if entry.hub else preprocess[key]
             preprocess[key] = list(value) if isinstance(value, tuple) else value
         classes, dataset = list(class_names(entry.dataset)), entry.dataset
     in_chans, outputs = net.in_chans, net.num_classes
-    for key in ("mean", "std"):
-        preprocess[key] = _per_channel(preprocess[key], in_chans)
+    try:  # the statistics of the stem the weights were trained with, adapted to the model's
+        stats_chans = len(preprocess["mean"]) if preprocess["mean"] is not None else in_chans
+        adapted = Preprocessing(
+            **{k: preprocess[k] for k in ("mean", "std", "image_size", "resize_size")},
+            interpolation=preprocess["interpolation"] or "bilinear",
+            in_chans=stats_chans,
+        ).for_channels(in_chans)
+    except (ValueError, TypeError) as exc:
+        raise Error(f"{found.source} records unusable preprocessing ({exc})") from None
+    preprocess = {k: v for k, v in adapted.meta().items() if k not in ("in_chans", "classes")}
     return {
         **meta,
         "model": model,
@@ -177,16 +185,6 @@ def _pretrained_cfg(
     }
 
 
-def _per_channel(values: list[float] | None, in_chans: int) -> list[float] | None:
-    """Per-channel statistics for a stem adapted to `in_chans`: one channel gets their mean (the
-    summed kernel sees a grey image as its RGB copy), more channels repeat them cyclically."""
-    if values is None or len(values) == in_chans:
-        return None if values is None else list(values)
-    if in_chans == 1:
-        return [sum(values) / len(values)]
-    return [values[i % len(values)] for i in range(in_chans)]
-
-
 def _hub_config(weights: Path) -> dict[str, Any]:
     """Preprocessing from a timm hub `config.json` next to the weights (`pretrained_cfg`)."""
     path = weights.with_name(hf.CONFIG_FILE)
@@ -198,4 +196,7 @@ def _hub_config(weights: Path) -> dict[str, Any]:
         ) from None
     except (json.JSONDecodeError, AttributeError) as exc:
         raise Error(f"{path} is not a timm config.json ({exc})") from None
-    return hf.preprocessing(cfg)
+    try:
+        return Preprocessing.from_pretrained_cfg(cfg).meta()
+    except (ValueError, TypeError) as exc:
+        raise Error(f"{path} is not a timm config.json ({exc})") from None

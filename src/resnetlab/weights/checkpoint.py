@@ -1,4 +1,4 @@
-"""Checkpoints: weights in safetensors plus a small train-state file, replaced atomically.
+"""A run's checkpoints: weights in safetensors plus a small train-state file, replaced atomically.
 
 A checkpoint is one directory in the run directory, `checkpoint-<step>/`:
   model.safetensors  the trained weights, with the metadata needed to rebuild and feed the model
@@ -21,11 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from resnetlab.atomic import fsync_dir
 from resnetlab.errors import Error
-from resnetlab.weights import load_pretrained
 from resnetlab.weights.formats import read_safetensors, weights_bytes
 
 MODEL_FILE = "model.safetensors"
@@ -140,14 +138,3 @@ def require_meta(meta: dict[str, Any], keys: tuple[str, ...], path: str | Path) 
     missing = [key for key in keys if meta.get(key) is None]
     if missing:
         raise Error(f"{path} lacks {', '.join(missing)} in its metadata; use the weights of a resnetlab run")
-
-
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a trained model: (model in eval mode, metadata).
-
-    `path` is anything `create_model(pretrained=...)` takes: a run directory, a weights file
-    (resnetlab or timm .safetensors, torchvision .pth), a registry tag or a URL. The metadata is
-    the model's `pretrained_cfg`: a run's stored metadata plus the preprocessing and class names.
-    """
-    model = load_pretrained(None, path)
-    return model.to(device).eval(), model.pretrained_cfg

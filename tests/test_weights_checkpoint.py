@@ -12,20 +12,20 @@ from PIL import Image
 
 from resnetlab.errors import Error
 from resnetlab.models import create_model
-from resnetlab.train import checkpoint as ckpt
-from resnetlab.train.checkpoint import (
+from resnetlab.train.predict import predict
+from resnetlab.weights import checkpoint as ckpt
+from resnetlab.weights import load
+from resnetlab.weights.checkpoint import (
     MODEL_FILE,
     STATE_FILE,
     inference_weights,
     latest_checkpoint,
     list_checkpoints,
-    load_model,
     load_train_state,
     load_weights,
     save_checkpoint,
     save_weights,
 )
-from resnetlab.train.predict import predict
 
 META = {
     "model": "cifar_resnet",
@@ -57,7 +57,7 @@ def test_weights_round_trip_with_metadata_and_channels_last(tmp_path):
     state, meta = load_weights(tmp_path / "w.safetensors")
     assert meta == META
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
-    rebuilt, _ = load_model(tmp_path / "w.safetensors")
+    rebuilt, _ = load(tmp_path / "w.safetensors")
     assert not rebuilt.training
     x = torch.randn(2, 1, 28, 28)
     torch.testing.assert_close(rebuilt(x), model.eval()(x))
@@ -140,11 +140,13 @@ def test_a_hostile_train_state_is_refused_without_running_it(tmp_path, monkeypat
 def test_weights_that_do_not_fit_the_model_are_an_error(tmp_path):
     save_weights(tmp_path / "w.safetensors", _model().state_dict(), {**META, "model_kwargs": {"depth": 14}})
     with pytest.raises(Error, match="do not fit cifar_resnet"):
-        load_model(tmp_path / "w.safetensors")
+        load(tmp_path / "w.safetensors")
 
 
 def test_weights_without_the_metadata_predict_needs_are_an_error(tmp_path):
     save_weights(tmp_path / "w.safetensors", _model().state_dict(), META)  # no image size or statistics
     Image.new("L", (28, 28)).save(tmp_path / "x.png")
-    with pytest.raises(Error, match="lacks mean, std, image_size, resize_size in its metadata"):
+    with pytest.raises(
+        Error, match="records no mean, std, image_size, resize_size; use the weights of a resnetlab run"
+    ):
         predict(tmp_path / "w.safetensors", [tmp_path / "x.png"])

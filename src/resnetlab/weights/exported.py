@@ -10,7 +10,12 @@ channels, size) and output width against the sidecar's channels, image size and 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
+import os
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -19,10 +24,12 @@ import torch
 from torch import Tensor, nn
 
 from resnetlab.errors import Error
-from resnetlab.export.sidecar import read_sidecar, sidecar_path
 from resnetlab.weights.cache import sha256sum
+from resnetlab.weights.pt2_check import check_program_archive
+from resnetlab.weights.sidecar import read_sidecar, sidecar_path
 
 EXPORT_SUFFIXES = (".onnx", ".pt2")
+_FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"  # torch.load's switch: weights_only=True always
 
 
 def require_extra(name: str) -> ModuleType:
@@ -84,8 +91,6 @@ class ProgramModel(nn.Module):
 
     def __init__(self, path: str | Path) -> None:
         super().__init__()
-        from resnetlab.export.pt2 import load_program
-
         program = load_program(path)
         signature = program.graph_signature
         if len(signature.user_inputs) != 1 or len(signature.user_outputs) != 1:
@@ -169,13 +174,33 @@ def check_interface(
         raise Error(f"{side} lists {classes} class names for {meta['num_classes']} classes; export it again")
 
 
-def load_inference_model(
-    path: str | Path, device: torch.device | str = "cpu"
-) -> tuple[nn.Module, dict[str, Any]]:
-    """An exported file through its runtime, or anything `load_model` takes (run directory,
-    weights file, registry tag, URL) as the eager model on `device`."""
-    if is_exported(path):
-        return load_exported(path)
-    from resnetlab.train.checkpoint import load_model
+@contextlib.contextmanager
+def _restricted_torch_load() -> Iterator[None]:
+    """Inside: every `torch.load` is weights-only whatever its caller asks (torch's own switch),
+    and torch.export's loader logs nothing (it logs a traceback before raising on a bad file).
+    A second fence behind `check_program_archive`, which has already refused what this would."""
+    logger = logging.getLogger("torch.export")
+    level, previous = logger.level, os.environ.get(_FORCE_WEIGHTS_ONLY)
+    logger.setLevel(logging.CRITICAL)
+    os.environ[_FORCE_WEIGHTS_ONLY] = "1"
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        if previous is None:
+            os.environ.pop(_FORCE_WEIGHTS_ONLY, None)
+        else:
+            os.environ[_FORCE_WEIGHTS_ONLY] = previous
 
-    return load_model(path, device)
+
+def load_program(path: str | Path) -> torch.export.ExportedProgram:
+    """The `torch.export` program in `path`, read only after `check_program_archive` passed it;
+    a damaged or refused file is one `Error` line."""
+    check_program_archive(path)
+    try:
+        with _restricted_torch_load(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.export.load(str(path))
+    except Exception as exc:  # a damaged archive fails in zipfile, pickle-free loaders or asserts
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise Error(f"cannot load {path} as a torch.export program: {reason}") from None
