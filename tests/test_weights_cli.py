@@ -60,6 +60,9 @@ def test_weights_lists_the_table_with_sources_and_the_cache(home, capsys):
         "https://download.pytorch.org/models/resnet50-11ad3fa6.pth",
     ]
     assert sum(".tv_in1k" in line or ".tv2_in1k" in line for line in lines) == 17
+    a1 = next(line for line in lines if line.startswith("resnet50.a1_in1k"))
+    assert a1.split()[-3:] == ["?", "no", "hf-hub:timm/resnet50.a1_in1k"]  # checked by the Hub's sha256
+    assert "hf-hub: checked against the sha256 the Hub publishes" in out
     torch_dir = home.parent / "torch" / "hub" / "checkpoints"
     assert lines[-1] == f"cache: {home / 'weights'} (files in {torch_dir} are used too)"
     code, out, _ = run(capsys, "weights", "resnet50")  # a model name: its tags only

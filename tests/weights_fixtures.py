@@ -11,6 +11,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import huggingface_hub.constants
 import pytest
 import torch
 
@@ -32,9 +33,11 @@ class Evil:
 
 
 def isolate_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Point $RESNETLAB_HOME and $TORCH_HOME into tmp_path; returns the resnetlab home."""
+    """Point $RESNETLAB_HOME, $TORCH_HOME and the Hugging Face cache into tmp_path; returns the
+    resnetlab home."""
     monkeypatch.setenv("RESNETLAB_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     return tmp_path / "home"
 
 

@@ -1,7 +1,7 @@
 """The sidecar JSON written next to an exported file (`FILE.json`, e.g. `r20.onnx.json`).
 
 It holds the source's own metadata under the names a run stores with its weights (model,
-classes, mean, std, image_size, resize_size, data, ...; see train/engine.py `_model_meta`), so
+classes, mean, std, image_size, resize_size, data, ...; see weights/meta.py `run_meta`), so
 `resnetlab eval` and `resnetlab predict` feed an exported file exactly as they feed the run, plus
 an "export" block: format and options, the input, the source checkpoint's sha256, the exporter
 and its versions, and the parity and accuracy figures measured before the file was kept.
