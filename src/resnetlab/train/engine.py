@@ -1,13 +1,12 @@
 """The training loop: `fit(cfg)` trains one model and returns it with its history.
 
 Reading order: `fit` decides where it runs (`Runtime`: device, rank, world size) and which
-kernels it may use; `_fit` loads the data, then `_build_state` builds the model (random, or from
---init-from, frozen as --freeze says), its input pipeline, optimizer, schedule and EMA and opens
-the run directory, all in one `_State`; `_restore` loads a checkpoint into it when resuming, and
-`_run` is the loop. Every step is forward (under autocast), loss, backward, optional clipping, SGD
+kernels it may use; `_fit` selects the data, builds the run's state (`train/state.py`: the
+model, random or from --init-from, its inputs fed as its weights expect, optimizer, schedule,
+EMA and run directory), restores it from the latest checkpoint when resuming, and `_run` is the
+loop. Every step (`train_step`) is forward under autocast, loss, backward, optional clipping, SGD
 step, EMA update. Train records (`_log_train`), evaluations (`_log_eval`) and checkpoints
-(`_write_checkpoint`) are functions of the state, made at fixed step counts, so a resumed run
-makes the same ones.
+(`RunState.save`) are made at fixed step counts, so a resumed run makes the same ones.
 
 Everything rank-dependent goes through `Runtime`, so one process and `torchrun --nproc-per-node N`
 take the same path: each rank trains on its stride of the epoch's permutation with batch_size / N
@@ -26,7 +25,7 @@ import dataclasses
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from resnetlab.data import FolderDataset, mirror_warning
+from resnetlab.data import mirror_warning
 from resnetlab.data.augment import resize
 from resnetlab.data.selection import batch_that_fits, load_splits
 from resnetlab.errors import Error
@@ -43,27 +42,14 @@ from resnetlab.models.factory import get_builder
 from resnetlab.models.gpt import LANGUAGE_MODELS
 from resnetlab.train.config import TrainConfig
 from resnetlab.train.distributed import Runtime, setup_runtime, teardown_runtime
-from resnetlab.train.ema import EMA
 from resnetlab.train.evaluate import evaluate
-from resnetlab.train.freeze import freeze, pin_frozen_norms
-from resnetlab.train.inputs import initial_model, make_loaders
 from resnetlab.train.kernels import kernel_settings
 from resnetlab.train.meter import TrainMeter
-from resnetlab.train.optim import LRSchedule, build_optimizer, count_weighted_layers
-from resnetlab.train.precision import autocast, grad_scaler
-from resnetlab.train.rng import gather_rng_states, restore_rng_states
-from resnetlab.train.rundir import (
-    Recorder,
-    dataset_record,
-    open_run_dir,
-    read_metrics,
-    resume_point,
-    same_run,
-)
+from resnetlab.train.precision import autocast
+from resnetlab.train.rng import restore_rng_states
+from resnetlab.train.rundir import Recorder, same_run
+from resnetlab.train.state import RunState, build_state
 from resnetlab.weights import Preprocessing
-from resnetlab.weights.checkpoint import EMA_FILE, MODEL_FILE, load_train_state, load_weights, save_checkpoint
-from resnetlab.weights.meta import init_record, run_meta
-from resnetlab.weights.preprocessing import follow_weights
 
 # Steps between checks of the train error that ends [He15]'s warm-up (~400 steps long): each check
 # waits for the device and all-reduces, which the other steps never do.
@@ -131,8 +117,8 @@ def _fit(
         print(f"{warning}; --no-flip turns it off", file=sys.stderr)
     if cfg.tta != "none" and runtime.is_main and (warning := mirror_warning(cfg.data, f"--tta {cfg.tta}")):
         print(f"{warning}; --tta none turns it off", file=sys.stderr)
-    state = _build_state(cfg, model, weights, train_set, splits, runtime, resume=resume, overwrite=overwrite)
-    rng, history = _restore(state, runtime) if resume else (None, [])
+    state = build_state(cfg, model, weights, train_set, splits, runtime, resume=resume, overwrite=overwrite)
+    rng, history = state.restore(runtime) if resume else (None, [])
     state.recorder = Recorder(state.run_dir if runtime.is_main else None, history)
     state.bar = tqdm(
         total=state.total_steps,
@@ -171,128 +157,7 @@ def _check_runtime(cfg: TrainConfig, model: nn.Module | None, runtime: Runtime) 
         runtime.check_sync_bn()
 
 
-@dataclass
-class _State:
-    """What a run carries from step to step; checkpoints hold what `_restore` needs of it."""
-
-    cfg: TrainConfig
-    model: nn.Module  # unwrapped, on the device; what checkpoints hold
-    train_model: nn.Module  # the model as trained: DDP-wrapped and/or compiled
-    eval_model: nn.Module  # the EMA when kept, else `model`
-    optimizer: torch.optim.Optimizer
-    schedule: LRSchedule
-    ema: EMA | None
-    scaler: torch.amp.GradScaler
-    loader: Any  # the training batches (DeviceLoader or FolderLoader)
-    eval_loaders: dict[str, Any]  # split -> its batches
-    num_classes: int
-    meta: dict[str, Any]  # stored with the weights (`weights.meta.run_meta`)
-    run_dir: Path | None
-    talk: bool  # rank 0 with --progress: prints evaluations
-    total_steps: int
-    steps_per_epoch: int
-    step: int = 0
-    last_checkpoint: Path | None = None
-    recorder: Recorder = field(init=False)  # made once resuming has read the history back
-    bar: tqdm = field(init=False)
-
-    @property
-    def epoch(self) -> float:
-        return round(self.step / self.steps_per_epoch, 4)
-
-
-def _build_state(
-    cfg: TrainConfig,
-    model: nn.Module | None,
-    weights: Preprocessing | None,
-    train_set: Any,
-    splits: dict[str, Any],
-    runtime: Runtime,
-    *,
-    resume: bool,
-    overwrite: bool,
-) -> _State:
-    """The model (maybe from --init-from, frozen as --freeze says), its input pipeline, optimizer,
-    schedule and EMA, and the run directory, all at step 0."""
-    device = runtime.device
-    # The initial weights depend on the seed alone, not on the rank.
-    torch.manual_seed(cfg.seed)
-    if model is None:
-        model, weights = initial_model(cfg, train_set, is_main=runtime.is_main)
-    preprocessing, normalization = follow_weights(
-        Preprocessing.of_dataset(train_set),
-        weights,
-        normalize=cfg.normalize,
-        resizable=isinstance(train_set, FolderDataset) and cfg.image_size == 0,
-        source=cfg.init_from,
-    )
-    # Every split is fed as the model expects (copies: the loaded data sets stay as they were).
-    train_set = preprocessing.feed(train_set)
-    splits = {split: preprocessing.feed(ds) for split, ds in splits.items()}
-    frozen = freeze(model, cfg.freeze)
-    if frozen and runtime.is_main:
-        print(f"resnetlab: --freeze {cfg.freeze}: {', '.join(frozen)} frozen", file=sys.stderr)
-    loader, eval_loaders = make_loaders(cfg, train_set, splits, runtime)
-    steps_per_epoch = len(loader)
-    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
-
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = model.to(device, memory_format=memory_format)
-    optimizer = build_optimizer(cfg, model)
-    ema = EMA(model, cfg.ema_decay) if cfg.ema_decay else None
-    train_model = runtime.wrap(model, sync_bn=cfg.sync_bn)
-    pin_frozen_norms(model)  # --sync-bn made new BN modules: frozen ones stay in eval mode
-    if cfg.compile:
-        train_model = torch.compile(train_model)
-
-    described = dataset_record(train_set, splits, normalization, init_from=init_record(model))
-    run_dir = open_run_dir(cfg, runtime, resume=resume, overwrite=overwrite, dataset=described)
-    talk = cfg.progress and runtime.is_main
-    return _State(
-        cfg=cfg,
-        model=model,
-        train_model=train_model,
-        eval_model=ema.module if ema is not None else model,
-        optimizer=optimizer,
-        schedule=LRSchedule(optimizer, cfg, total_steps, depth=count_weighted_layers(model)),
-        ema=ema,
-        scaler=grad_scaler(device, cfg.amp),
-        loader=loader,
-        eval_loaders=eval_loaders,
-        num_classes=train_set.num_classes,
-        meta=run_meta(cfg.model, model, preprocessing, given_kwargs=cfg.model_kwargs, run=cfg.eval_facts()),
-        run_dir=run_dir,
-        talk=talk,
-        total_steps=total_steps,
-        steps_per_epoch=steps_per_epoch,
-    )
-
-
-def _restore(state: _State, runtime: Runtime) -> tuple[dict[str, torch.Tensor] | None, list[dict]]:
-    """Load the latest checkpoint of a resumed run into `state`; returns its RNG states and the
-    history up to it (None and [] when the run has no checkpoint yet and starts from step 0)."""
-    checkpoint = resume_point(state.run_dir, runtime)
-    if checkpoint is None:
-        return None, []
-    saved = load_train_state(checkpoint)
-    if saved["total_steps"] != state.total_steps:
-        raise Error(
-            f"{checkpoint} was made for a {saved['total_steps']}-step run but this one has "
-            f"{state.total_steps} steps; resume with the run's own data and batch size"
-        )
-    state.model.load_state_dict(load_weights(checkpoint / MODEL_FILE)[0])
-    if state.ema is not None:
-        state.ema.module.load_state_dict(load_weights(checkpoint / EMA_FILE)[0])
-        state.ema.updates = saved["ema_updates"]
-    state.optimizer.load_state_dict(saved["optimizer"])
-    state.schedule.load_state_dict(saved["schedule"])
-    state.scaler.load_state_dict(saved["scaler"])
-    state.step, state.last_checkpoint = saved["step"], checkpoint
-    history = read_metrics(state.run_dir)[: saved["history_len"]] if runtime.is_main else []
-    return saved["rng"], history
-
-
-def _run(state: _State, runtime: Runtime) -> None:
+def _run(state: RunState, runtime: Runtime) -> None:
     """The loop, from `state.step` to the end: steps, and the records, evaluations and
     checkpoints due at fixed step counts (so a resumed run makes the same ones)."""
     cfg, per_epoch, total = state.cfg, state.steps_per_epoch, state.total_steps
@@ -328,7 +193,9 @@ def _run(state: _State, runtime: Runtime) -> None:
             if _eval_due(cfg, state.step, epoch_end) or last:
                 _log_eval(state, runtime)
             if (state.step % cfg.checkpoint_every == 0 if cfg.checkpoint_every else epoch_end) or last:
-                state.last_checkpoint = _write_checkpoint(state, meter, runtime)
+                if not meter.finite(runtime):
+                    _diverged(math.nan, state.step, state.step / state.steps_per_epoch, state.last_checkpoint)
+                state.last_checkpoint = state.save(runtime)
             meter.started += time.perf_counter() - paused  # img/s counts training time only
             if last:
                 return
@@ -341,7 +208,7 @@ def _eval_due(cfg: TrainConfig, step: int, epoch_end: bool) -> bool:
     return step % cfg.eval_every == 0 if cfg.eval_every else epoch_end
 
 
-def _log_train(state: _State, meter: TrainMeter, lr: float, runtime: Runtime) -> None:
+def _log_train(state: RunState, meter: TrainMeter, lr: float, runtime: Runtime) -> None:
     """A train record: the loss, error and speed since the last one."""
     loss, err, img_per_s = meter.flush(runtime)
     if not math.isfinite(loss):
@@ -353,7 +220,7 @@ def _log_train(state: _State, meter: TrainMeter, lr: float, runtime: Runtime) ->
     )
 
 
-def _log_eval(state: _State, runtime: Runtime) -> None:
+def _log_eval(state: RunState, runtime: Runtime) -> None:
     """An eval record per split, and the curves redrawn."""
     # Each rank's BN statistics (and so their EMA) hold its own last batches: evaluate one
     # model on every rank, rank 0's, which is the one checkpointed.
@@ -378,33 +245,6 @@ def _log_eval(state: _State, runtime: Runtime) -> None:
                 f"top-5 error {100 * result.top5_err:.2f}%, loss {result.loss:.4f}"
             )
     state.recorder.plot()
-
-
-def _write_checkpoint(state: _State, meter: TrainMeter, runtime: Runtime) -> Path | None:
-    """Save what `_restore` needs (rank 0, with a run directory); returns the latest checkpoint."""
-    if not meter.finite(runtime):
-        _diverged(math.nan, state.step, state.step / state.steps_per_epoch, state.last_checkpoint)
-    rng_states = gather_rng_states(runtime)  # a collective: every rank takes part
-    if state.run_dir is None or not runtime.is_main:
-        return state.last_checkpoint
-    ema = state.ema
-    train_state = {
-        "total_steps": state.total_steps,
-        "optimizer": state.optimizer.state_dict(),
-        "schedule": state.schedule.state_dict(),
-        "scaler": state.scaler.state_dict(),
-        "ema_updates": ema.updates if ema is not None else 0,
-        "rng": rng_states,
-        "history_len": len(state.recorder.history),
-    }
-    return save_checkpoint(
-        state.run_dir,
-        state.step,
-        model=state.model.state_dict(),
-        ema=ema.module.state_dict() if ema is not None else None,
-        meta=state.meta,
-        train_state=train_state,
-    )
 
 
 def train_step(
