@@ -17,7 +17,7 @@ help:
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV_ARGS) $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev,export]"
+	$(PY) -m pip install -q -e ".[dev,export,dense]"
 	touch $@
 
 venv: $(STAMP)

@@ -36,7 +36,7 @@ from resnetlab.models import create_model
 from resnetlab.train import fit, get_recipe, precision
 from resnetlab.train.distributed import Runtime, resolve_device, setup_runtime, teardown_runtime
 from resnetlab.train.ema import EMA
-from resnetlab.train.evaluate import evaluate_checkpoint
+from resnetlab.train.eval_source import evaluate_checkpoint
 from resnetlab.train.kernels import kernel_settings
 from resnetlab.train.meter import TrainMeter
 from resnetlab.train.rundir import read_metrics

@@ -35,7 +35,7 @@ from resnetlab.models import create_model
 from resnetlab.train import TrainConfig, fit
 from resnetlab.train.commands import config_from_args
 from resnetlab.train.distributed import setup_runtime, teardown_runtime
-from resnetlab.train.evaluate import evaluate_checkpoint
+from resnetlab.train.eval_source import evaluate_checkpoint
 from resnetlab.train.rundir import read_metrics
 from resnetlab.weights import load
 from resnetlab.weights.checkpoint import EMA_FILE, MODEL_FILE, latest_checkpoint, load_weights

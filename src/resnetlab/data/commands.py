@@ -4,15 +4,28 @@
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from pathlib import Path
 
-from resnetlab.data.datasets import describe, has_split, list_datasets, load_dataset, locate, published
+from PIL import Image
+
+from resnetlab.atomic import write_atomic
+from resnetlab.data.datasets import (
+    SCENES,
+    describe,
+    has_split,
+    list_datasets,
+    load_dataset,
+    locate,
+    published,
+)
 from resnetlab.data.folder import train_dir
 from resnetlab.data.pack import open_pack
 from resnetlab.data.packed import PREFIX as PACKED
 from resnetlab.data.packing import DEFAULT_MAX_SIDE, DEFAULT_QUALITY, pack_folder
 from resnetlab.data.paths import check_data_dir
+from resnetlab.data.scenes import SPLIT_SCENES, SceneLayout, draw_scene, fashion_scenes
 from resnetlab.data.text import CORPUS, load_corpus
 from resnetlab.errors import Error
 
@@ -61,6 +74,58 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--no-download", action="store_true", help="fail instead of downloading missing files"
     )
     parser.set_defaults(func=run)
+
+
+def _scenes(args: argparse.Namespace) -> int:
+    """The layout of `fashion-scenes`, its splits, and a picture of the first test scenes."""
+    if (
+        args.folder
+        or args.raw
+        or args.workers
+        or args.max_side != DEFAULT_MAX_SIDE
+        or args.quality != DEFAULT_QUALITY
+    ):
+        raise Error("fashion-scenes takes --out PNG (the sample picture) and --data-dir only")
+    data = published("fashion-mnist", args.data_dir, download=not args.no_download)
+    layout = SceneLayout()
+    print(
+        f"{SCENES}: Fashion-MNIST items composed on a {layout.canvas}x{layout.canvas} grey canvas, "
+        f"{layout.min_items}-{layout.max_items} per scene at {layout.min_scale}-{layout.max_scale}x "
+        "their 28 px, later ones on top"
+    )
+    print(f"  layout: {layout.record()}")
+    print(
+        f"  splits: train {SPLIT_SCENES['train']:,} scenes (items of the training part minus "
+        f"{layout.val_items:,} held out), val --val-size scenes (those held-out items), test "
+        f"{SPLIT_SCENES['test']:,} scenes (test items only)"
+    )
+    print(
+        f"  labels: a class map (0 background, 1 + class where an item's pixel is above {layout.threshold}) "
+        f"and a box per item hidden at most {layout.max_hidden:.0%}; scene i is made from (seed, split, i)"
+    )
+    scenes = fashion_scenes("test", 8, data, layout)
+    tiles = []
+    for i in range(8):
+        scene = scenes.scene(i)
+        tiles.append(
+            draw_scene(
+                scene.image,
+                scenes.classes,
+                class_map=scene.class_map,
+                boxes=scene.boxes,
+                labels=scene.labels,
+                zoom=3,
+            )
+        )
+    sheet = Image.new("RGB", (4 * tiles[0].width + 12, 2 * tiles[0].height + 4), "white")
+    for i, tile in enumerate(tiles):
+        sheet.paste(tile, ((i % 4) * (tile.width + 4), (i // 4) * (tile.height + 4)))
+    out = Path(args.out or "fashion-scenes.png")
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="PNG")
+    write_atomic(out, buffer.getvalue())
+    print(f"  sample: {out} (the first 8 test scenes, masks tinted and boxes drawn)")
+    return 0
 
 
 def _size(n: int) -> str:
@@ -150,6 +215,8 @@ def run(args: argparse.Namespace) -> int:
     pack_flags = args.out or args.raw or args.workers or args.max_side != DEFAULT_MAX_SIDE
     if args.name == "pack":
         return _pack(args)
+    if args.name == SCENES:  # --out names the sample picture
+        return _scenes(args)
     if args.folder or pack_flags or args.quality != DEFAULT_QUALITY:
         raise Error(f"--out, --max-side, --quality, --raw and --workers go with `pack`, not {args.name}")
     if args.name.startswith(PACKED):

@@ -17,15 +17,17 @@ from resnetlab.data.folder import DEFAULT_IMAGE_SIZE, FolderDataset, has_test_sp
 from resnetlab.data.packed import PREFIX as PACKED
 from resnetlab.data.packed import has_packed_test, load_pack
 from resnetlab.data.paths import check_data_dir
+from resnetlab.data.scenes import load_scenes
 from resnetlab.data.sources import SOURCES
 from resnetlab.errors import Error
 
 SPLITS = ("train", "val", "test")
+SCENES = "fashion-scenes"  # Fashion-MNIST items composed into scenes (data/scenes.py)
 _READERS = {"idx": mnist, "cifar": cifar}
 
 
 def list_datasets() -> list[str]:
-    return [*SOURCES, "imagefolder:PATH", "packed:FILE"]
+    return [*SOURCES, SCENES, "imagefolder:PATH", "packed:FILE"]
 
 
 def is_image_files(name: str) -> bool:
@@ -117,6 +119,8 @@ def load_dataset(
         raise Error(
             f"an image size applies to imagefolder:PATH and packed:FILE data; {name} images have a fixed size"
         )
+    if name == SCENES:
+        return load_scenes(split, published("fashion-mnist", data_dir, download=download), val_size=val_size)
     data = published(name, data_dir, download=download)
     if split == "val" and val_size == 0:
         raise Error(

@@ -18,10 +18,17 @@ from pathlib import Path
 from resnetlab.data.datasets import is_image_files
 from resnetlab.errors import Error
 from resnetlab.flags import add_field_flags, format_value, given_fields
-from resnetlab.train.config import RECIPES, RESUME_MAY_CHANGE, TrainConfig, get_recipe, list_recipes
+from resnetlab.train.config import (
+    DENSE_OFF,
+    RECIPES,
+    RESUME_MAY_CHANGE,
+    TrainConfig,
+    get_recipe,
+    list_recipes,
+)
 from resnetlab.train.distributed import setup_runtime, teardown_runtime
 from resnetlab.train.engine import fit
-from resnetlab.train.evaluate import evaluate_checkpoint, format_report
+from resnetlab.train.eval_source import evaluate_checkpoint, format_report
 from resnetlab.train.predict import predict
 from resnetlab.train.rundir import read_config
 from resnetlab.train.tta import TTA_MODES
@@ -182,6 +189,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
             given["model"] = source_model(given["init_from"]) or RECIPES[DEFAULT_RECIPE].model
         default = FINETUNE_RECIPE if fine_tuning else DEFAULT_RECIPE
         cfg = dataclasses.replace(get_recipe(args.recipe or default), **given)
+        if cfg.task != "classify":  # the recipe's augmentations, unless typed (then check() refuses)
+            cfg = dataclasses.replace(cfg, **{k: v for k, v in DENSE_OFF.items() if k not in given})
         if is_image_files(cfg.data) and "crop_padding" not in given:
             # The small-image recipes pad and crop; folders take random-resized crops instead. Only
             # a --crop-padding the user typed is a contradiction worth an error (TrainConfig.check).
@@ -233,6 +242,14 @@ def final_summary(final: dict[str, dict], tta: str) -> str:
     eval record of each split."""
     parts = []
     for split, record in final.items():
+        if "miou" in record:  # --task segment
+            parts.append(
+                f"{split} mIoU {100 * record['miou']:.2f} (pixel accuracy {100 * record['pixel_acc']:.2f}%)"
+            )
+            continue
+        if "map" in record:  # --task detect
+            parts.append(f"{split} mAP {100 * record['map']:.2f} (mAP@.5 {100 * record['map_50']:.2f})")
+            continue
         part = f"{split} accuracy {100 * (1 - record['err']):.2f}%"
         if "single_err" in record:
             part += f" ({tta} TTA; one view {100 * (1 - record['single_err']):.2f}%)"
@@ -280,5 +297,6 @@ def run_predict(args: argparse.Namespace) -> int:
         raise Error("give a model (RUN_DIR, weights file or --weights TAG) and at least one IMAGE")
     for prediction in predict(source, images, top_k=args.top_k, device=args.device):
         ranked = ", ".join(f"{name} {100 * p:.1f}%" for name, p in prediction.top)
-        print(f"{prediction.path}: {ranked}")
+        drawn = f" (drawn: {prediction.drawn})" if prediction.drawn is not None else ""
+        print(f"{prediction.path}: {ranked or 'nothing found'}{drawn}")
     return 0

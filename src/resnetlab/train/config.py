@@ -39,6 +39,22 @@ from resnetlab.train.tta import TTA_MODES
 AMP_MODES = ("none", "bf16", "fp16")
 # Fields that do not change what a run computes, so they may differ when it is resumed.
 RESUME_MAY_CHANGE = ("out", "device", "progress")
+TASKS = ("classify", "segment", "detect")
+# Classification's augmentations and label tricks, off for a dense task: a crop, flip or mix of
+# the image would have to move its masks and boxes too, which the scenes' loaders do not do.
+DENSE_OFF: dict[str, Any] = {
+    "crop_padding": 0,
+    "flip": False,
+    "alternate_flip": False,
+    "erasing": 0.0,
+    "mixup": 0.0,
+    "cutmix": 0.0,
+    "tta": "none",
+    "label_smoothing": 0.0,
+    "progressive_sizes": (),
+    "classes": (),
+    "per_class": None,
+}
 FREEZE_PATTERN = re.compile(r"none|stem|layer[1-9]\d*|head-only")  # see resnetlab.train.freeze
 SCHEDULES = ("step", "cosine", "onecycle", "constant")
 NORMALIZE = ("auto", "weights", "data")
@@ -55,7 +71,16 @@ def _opt(default: Any, help: str, **extra: Any) -> Any:
 @dataclass(frozen=True)
 class TrainConfig:
     # What to train on what.
-    model: str = _opt("resnet20", "registered model name (see `resnetlab models`)")
+    model: str = _opt("resnet20", "registered model name (see `resnetlab models`); the backbone of a --task")
+    task: str = _opt(
+        "classify",
+        "what to learn: classify; segment (per-pixel classes) or detect (boxes, CenterNet) on "
+        "--data fashion-scenes, with --model as the backbone",
+        choices=TASKS,
+    )
+    fpn: bool = _opt(
+        False, "segment/detect: a feature pyramid over the backbone's stages [Lin17] (off: last stage)"
+    )
     model_kwargs: dict[str, Any] = _opt({}, "extra create_model keyword arguments, e.g. norm=none,shortcut=B")
     init_from: str | None = _opt(
         None,
@@ -188,6 +213,22 @@ class TrainConfig:
                 f"--{f.name.replace('_', '-')} must be a finite number, not {value}",
             )
         _require(self.epochs > 0 or (self.max_steps or 0) > 0, "--epochs must be positive")
+        if self.task != "classify":
+            _require(
+                self.data == "fashion-scenes",
+                f"--task {self.task} needs data with masks and boxes: --data fashion-scenes",
+            )
+            used = [
+                f"--{name.replace('_', '-')}" for name, off in DENSE_OFF.items() if getattr(self, name) != off
+            ]
+            _require(not used, f"--task {self.task} trains on scenes as they are: drop {', '.join(used)}")
+            _require(
+                self.freeze == "none",
+                f"--freeze applies to classifiers; --task {self.task} trains every layer",
+            )
+        _require(
+            self.task != "classify" or not self.fpn, "--fpn builds a segment or detect model; add --task"
+        )
         _require(self.max_steps is None or self.max_steps > 0, "--max-steps must be positive or none")
         _require(self.batch_size > 0 and self.eval_batch_size > 0, "batch sizes must be positive")
         _require(self.lr > 0 and self.lr_batch > 0, "--lr and --lr-batch must be positive")
@@ -283,9 +324,11 @@ class TrainConfig:
         )
 
     def eval_facts(self) -> dict[str, Any]:
-        """What a run stores with its weights so `resnetlab eval` repeats its own figure: the data
-        and its hold-out, and the TTA, autocast and memory layout it evaluated with."""
+        """What a run stores with its weights so `resnetlab eval` repeats its own figure: the task,
+        the data and its hold-out, and the TTA, autocast and memory layout it evaluated with."""
         return {
+            "task": self.task,
+            "fpn": self.fpn,
             "data": self.data,
             "val_size": self.val_size,
             "seed": self.seed,

@@ -103,6 +103,14 @@ class Runtime:
         dist.all_gather(gathered, local)
         return torch.stack(gathered).cpu()
 
+    def all_gather_object(self, obj: object) -> list[object]:
+        """Every rank's picklable `obj`, in rank order (the ranks are this run's own processes)."""
+        if not self.distributed:
+            return [obj]
+        gathered: list[object] = [None] * self.world_size
+        dist.all_gather_object(gathered, obj)
+        return gathered
+
     def broadcast_object(self, obj: object) -> object:
         """Rank 0's value of a picklable object on every rank (run-dir names, errors, paths)."""
         if not self.distributed:

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -40,9 +39,9 @@ from resnetlab.data.selection import batch_that_fits, load_splits
 from resnetlab.errors import Error
 from resnetlab.models.factory import get_builder
 from resnetlab.models.gpt import LANGUAGE_MODELS
+from resnetlab.models.table import load_table
 from resnetlab.train.config import TrainConfig
 from resnetlab.train.distributed import Runtime, setup_runtime, teardown_runtime
-from resnetlab.train.evaluate import evaluate
 from resnetlab.train.kernels import kernel_settings
 from resnetlab.train.meter import TrainMeter
 from resnetlab.train.precision import autocast
@@ -144,6 +143,11 @@ def _check_runtime(cfg: TrainConfig, model: nn.Module | None, runtime: Runtime) 
     world = runtime.world_size
     if model is None:
         get_builder(cfg.model)  # an unknown model name fails now, not after the data is read
+        row = load_table().get(cfg.model)  # a model registered at run time is checked when built
+        if cfg.task != "classify" and row is not None and row.family not in ("cifar", "imagenet"):
+            raise Error(
+                f"{cfg.model} has no features_only interface; --task {cfg.task} needs a ResNet backbone"
+            )
         if cfg.model in LANGUAGE_MODELS:
             raise Error(
                 f"{cfg.model} is a byte-level language model and `resnetlab train` trains image "
@@ -177,7 +181,15 @@ def _run(state: RunState, runtime: Runtime) -> None:
                 x = resize(x, size)  # progressive resizing: smaller images early, cheaper steps
             lr = state.schedule.set(state.step)
             loss, errors = train_step(
-                state.train_model, state.model, state.optimizer, state.scaler, x, y, cfg, runtime.device
+                state.train_model,
+                state.model,
+                state.optimizer,
+                state.scaler,
+                x,
+                y,
+                cfg,
+                runtime.device,
+                state.task,
             )
             if state.ema is not None:
                 state.ema.update()
@@ -228,22 +240,13 @@ def _log_eval(state: RunState, runtime: Runtime) -> None:
     if state.ema is not None:
         runtime.broadcast_buffers(state.ema.module)
     for split, split_loader in state.eval_loaders.items():
-        result = evaluate(
-            state.eval_model,
-            split_loader,
-            num_classes=state.num_classes,
-            runtime=runtime,
-            amp=state.cfg.amp,
-            tta=state.cfg.tta,
+        result = state.eval_tasks[split].evaluate(
+            state.eval_model, split_loader, runtime=runtime, amp=state.cfg.amp, tta=state.cfg.tta
         )
         record = {"kind": "eval", "split": split, "step": state.step, "epoch": state.epoch}
         state.recorder.log({**record, **result.record()})
         if state.talk:
-            views = "" if result.single_err is None else f" ({100 * result.single_err:.2f}% one view)"
-            state.bar.write(
-                f"epoch {state.epoch:g} step {state.step} {split}: error {100 * result.err:.2f}%{views}, "
-                f"top-5 error {100 * result.top5_err:.2f}%, loss {result.loss:.4f}"
-            )
+            state.bar.write(f"epoch {state.epoch:g} step {state.step} {split}: {result.summary()}")
     state.recorder.plot()
 
 
@@ -256,12 +259,13 @@ def train_step(
     y: torch.Tensor,
     cfg: TrainConfig,
     device: torch.device,
+    task: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One SGD step on a batch; returns (mean loss, number of top-1 errors), both still on the device."""
+    """One SGD step on a batch; returns (mean loss, errors: the task's count, top-1 errors for
+    a classifier), both still on the device."""
     with autocast(device, cfg.amp):
-        logits = train_model(x)
-    # The loss in fp32: log-softmax over bf16 logits loses the small probabilities.
-    loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+        outputs = train_model(x)
+    loss, errors = task.loss(outputs, y)  # in fp32 (train/tasks.py)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if cfg.grad_clip:
@@ -269,8 +273,7 @@ def train_step(
         nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     scaler.step(optimizer)
     scaler.update()
-    target = y if y.ndim == 1 else y.argmax(1)  # mixup/CutMix: the dominant class
-    return loss.detach(), (logits.detach().argmax(1) != target).sum()
+    return loss.detach(), errors
 
 
 def _diverged(loss: float, step: int, epoch: float, checkpoint: Path | None) -> None:

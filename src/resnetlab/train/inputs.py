@@ -15,6 +15,7 @@ from typing import Any
 from torch import nn
 
 from resnetlab.data import Augment, make_loader
+from resnetlab.models.dense import TaskModel, task_model
 from resnetlab.models.factory import create_model
 from resnetlab.train.config import TrainConfig
 from resnetlab.train.distributed import Runtime
@@ -28,6 +29,8 @@ def initial_model(
     inputs: randomly initialised (None), or from --init-from (a head of another class count
     starts afresh, a first conv of other channels is adapted)."""
     shape = dict(num_classes=train_set.num_classes, in_chans=train_set.in_chans, **cfg.model_kwargs)
+    if cfg.task != "classify":
+        return _task_model(cfg, shape, is_main=is_main)
     if cfg.init_from is None:
         return create_model(cfg.model, **shape), None
     with contextlib.redirect_stderr(sys.stderr if is_main else io.StringIO()):  # one rank says it
@@ -81,3 +84,16 @@ def make_loaders(
         for split, ds in splits.items()
     }
     return loader, eval_loaders
+
+
+def _task_model(
+    cfg: TrainConfig, shape: dict[str, Any], *, is_main: bool
+) -> tuple[nn.Module, Preprocessing | None]:
+    """A segmentation or detection model on cfg.model: its backbone random, or from --init-from
+    (the weights' stem and stages; their head is not used)."""
+    num_classes = shape.pop("num_classes")
+    if cfg.init_from is None:
+        return task_model(cfg.model, cfg.task, num_classes=num_classes, fpn=cfg.fpn, **shape), None
+    with contextlib.redirect_stderr(sys.stderr if is_main else io.StringIO()):
+        backbone, weights = load(cfg.init_from, model=cfg.model, features_only=True, **shape)
+    return TaskModel(backbone.train(), cfg.task, num_classes, fpn=cfg.fpn), weights

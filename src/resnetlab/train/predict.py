@@ -8,6 +8,7 @@ registry entry of pretrained weights, `model.pretrained_cfg`) records.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +16,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from resnetlab.atomic import write_atomic
 from resnetlab.data.folder import UnreadableImage, centre_box, decode
+from resnetlab.data.scenes import draw_scene
 from resnetlab.errors import Error
+from resnetlab.models.dense import decode_centers
 from resnetlab.train.distributed import resolve_device
 from resnetlab.weights import Preprocessing, load
 from resnetlab.weights.exported import is_exported
@@ -25,7 +29,11 @@ from resnetlab.weights.exported import is_exported
 @dataclass
 class Prediction:
     path: Path
-    top: list[tuple[str, float]]  # (class name, probability), most likely first
+    top: list[tuple[str, float]]  # (class name, probability), most likely first; items found for a task
+    drawn: Path | None = None  # a segmentation or detection run: the picture with masks or boxes
+
+
+MIN_SCORE = 0.3  # a detection run draws (and lists) boxes whose centre score is at least this
 
 
 _RESAMPLING = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
@@ -59,7 +67,39 @@ def predict(
         raise Error("--top-k must be at least 1")
     dev = torch.device("cpu") if is_exported(source) else resolve_device(device)
     model, preprocessing = load(source, device=dev)
+    if getattr(model, "task", "classify") != "classify":
+        return [draw_prediction(model, preprocessing, Path(path), top_k=top_k) for path in images]
     return classify(model, preprocessing, images, top_k=top_k, source=model.pretrained_cfg["source"])
+
+
+@torch.no_grad()
+def draw_prediction(
+    model: torch.nn.Module, preprocessing: Preprocessing, path: Path, *, top_k: int
+) -> Prediction:
+    """A segmentation or detection model's output on one image, drawn on it into
+    `<image>.<task>.png` beside it (atomically); lists the classes found, largest first."""
+    preprocessing.require(("classes", "mean", "std", "image_size"), "the model")
+    size = preprocessing.image_size
+    image = load_image(path, in_chans=preprocessing.in_chans, image_size=size, resize_size=size)
+    device = next(model.parameters()).device
+    outputs = model(preprocessing.normalize(image[None].to(device)))
+    classes, pixels = list(preprocessing.classes), image[0].numpy()
+    if model.task == "segment":
+        class_map = outputs.argmax(1)[0].cpu().numpy()
+        counts = np.bincount(class_map.ravel(), minlength=len(classes) + 1)[1:]
+        top = [(classes[c], counts[c] / class_map.size) for c in counts.argsort()[::-1][:top_k] if counts[c]]
+        picture = draw_scene(pixels, classes, class_map=class_map)
+    else:
+        found = decode_centers(outputs, model.stride)[0]
+        keep = found["scores"] >= MIN_SCORE
+        boxes, labels, scores = (found[k][keep].cpu().numpy() for k in ("boxes", "labels", "scores"))
+        top = [(classes[c], float(p)) for c, p in zip(labels[:top_k], scores[:top_k], strict=True)]
+        picture = draw_scene(pixels, classes, boxes=boxes, labels=labels, scores=scores)
+    out = path.with_name(f"{path.stem}.{model.task}.png")
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    write_atomic(out, buffer.getvalue())
+    return Prediction(path, top, out)
 
 
 @torch.no_grad()

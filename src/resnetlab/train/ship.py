@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from resnetlab.errors import Error
-from resnetlab.train.evaluate import evaluate_checkpoint
+from resnetlab.train.eval_source import evaluate_checkpoint
 from resnetlab.weights import load
 from resnetlab.weights.cache import SHIPPED_DIR, sha256sum
 from resnetlab.weights.checkpoint import inference_weights, load_weights, save_weights

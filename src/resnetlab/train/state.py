@@ -27,6 +27,7 @@ from resnetlab.train.optim import LRSchedule, build_optimizer, count_weighted_la
 from resnetlab.train.precision import grad_scaler
 from resnetlab.train.rng import gather_rng_states
 from resnetlab.train.rundir import Recorder, dataset_record, open_run_dir, read_metrics, resume_point
+from resnetlab.train.tasks import make_task
 from resnetlab.weights import Preprocessing
 from resnetlab.weights.checkpoint import EMA_FILE, MODEL_FILE, load_train_state, load_weights, save_checkpoint
 from resnetlab.weights.meta import init_record, run_meta
@@ -47,6 +48,8 @@ class RunState:
     scaler: torch.amp.GradScaler
     loader: Any  # the training batches (DeviceLoader or FolderLoader)
     eval_loaders: dict[str, Any]  # split -> its batches
+    task: Any  # the loss and training error (train/tasks.py), bound to the training split
+    eval_tasks: dict[str, Any]  # split -> the task bound to it: its evaluation
     num_classes: int
     meta: dict[str, Any]  # stored with the weights (`weights.meta.run_meta`)
     run_dir: Path | None
@@ -169,6 +172,10 @@ def build_state(
         scaler=grad_scaler(device, cfg.amp),
         loader=loader,
         eval_loaders=eval_loaders,
+        task=make_task(cfg.task, train_set, device=device, model=model, label_smoothing=cfg.label_smoothing),
+        eval_tasks={
+            split: make_task(cfg.task, ds, device=device, model=model) for split, ds in splits.items()
+        },
         num_classes=train_set.num_classes,
         meta=run_meta(cfg.model, model, preprocessing, given_kwargs=cfg.model_kwargs, run=cfg.eval_facts()),
         run_dir=run_dir,

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from resnetlab.errors import Error
+from resnetlab.models.dense import task_model
 from resnetlab.models.factory import get_builder
 from resnetlab.weights import hf
 from resnetlab.weights.adapt import HEAD, fit_state_dict
@@ -118,7 +119,11 @@ def load_pretrained(model: str | None, pretrained: object, **kwargs: Any) -> nn.
     num_classes, in_chans = _checkpoint_shape(state, meta, entry)
     stored = {**(entry.model_kwargs if entry else {}), **meta.get("model_kwargs", {})}
     build = {**stored, "num_classes": num_classes, "in_chans": in_chans, **kwargs}
-    net = get_builder(model)(**build)
+    task = meta.get("task") or "classify"
+    if task == "classify":
+        net = get_builder(model)(**build)
+    else:  # a segmentation or detection run: its backbone, pyramid and head (models/dense.py)
+        net = task_model(model, task, fpn=bool(meta.get("fpn")), **build)
     label = entry.name if entry else str(found.path)
     for note in fit_state_dict(net, state, label, model):
         print(f"resnetlab: {note}", file=sys.stderr)
