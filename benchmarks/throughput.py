@@ -37,6 +37,7 @@ from resnetlab.train.engine import train_step
 from resnetlab.train.kernels import kernel_settings
 from resnetlab.train.optim import build_optimizer
 from resnetlab.train.precision import grad_scaler
+from resnetlab.train.tasks import Classify
 
 # (model, data, batch size, timed steps): resnet50 at 224 is ~100x the work of resnet20 at 28.
 DEFAULT_MODELS = {
@@ -130,6 +131,7 @@ def measure(
             channels_last=cfg.channels_last,
         )
     model.train()
+    task = Classify(data, label_smoothing=cfg.label_smoothing)  # the loss and errors fit computes
     train_model = torch.compile(model) if compile else model
     warmup = warmup_steps(pipeline, workers) + (2 if compile else 0)  # compile, then recompile-free
     with kernel_settings(cfg.deterministic, device):
@@ -144,7 +146,7 @@ def measure(
                 it = iter(batches)
                 x, y = next(it)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # the baseline's copy
-            train_step(train_model, model, optimizer, scaler, x, y, cfg, device)
+            train_step(train_model, model, optimizer, scaler, x, y, cfg, device, task)
         _sync(device)
     return steps * batch_size / (time.perf_counter() - start)
 

@@ -4,6 +4,7 @@ decoder and COCO mAP (pycocotools)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -192,6 +193,8 @@ def test_a_task_run_resumes_exactly_and_evaluates_as_it_recorded(task, tmp_path,
     last = [r for r in whole.history if r["kind"] == "eval"][-1]
     assert last == [r for r in resumed.history if r["kind"] == "eval"][-1]
     assert ("miou" in last) == (task == "segment") and ("map" in last) == (task == "detect")
+    recorded = json.loads((tmp_path / task / "config.json").read_text())["dataset"]["scene_layout"]
+    assert recorded == SceneLayout().record()  # every scene of the run can be made again
     report = evaluate_checkpoint(tmp_path / task, split="val")
     assert report.result.record() == pytest.approx(
         {k: v for k, v in last.items() if k in report.result.record()}
@@ -234,3 +237,13 @@ def test_the_scenes_command_prints_the_layout_and_draws_a_sample(tmp_path, capsy
     out = capsys.readouterr().out
     assert "96x96 grey canvas" in out and "test 1,000 scenes (test items only)" in out
     assert Image.open(tmp_path / "s.png").size == (4 * 288 + 12, 2 * 288 + 4)
+
+
+def test_a_pretrained_backbone_goes_under_a_head_with_its_weights():
+    import resnetlab
+
+    backbone = resnetlab.create_model("resnet20", pretrained="fmnist", features_only=True)
+    shipped = resnetlab.create_model("resnet20", pretrained="fmnist").state_dict()
+    model = TaskModel(backbone, "detect", num_classes=10, fpn=True)
+    assert all(torch.equal(v, shipped[k]) for k, v in model.backbone.state_dict().items())
+    assert model(torch.zeros(1, 1, 96, 96))["heatmap"].shape == (1, 10, 48, 48)

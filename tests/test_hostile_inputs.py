@@ -283,7 +283,7 @@ def test_a_non_finite_float_is_refused_by_the_python_api_too():
 def test_eval_of_a_tag_writes_no_file_unless_asked(tmp_path, capsys, monkeypatch):
     import importlib
 
-    evaluate = importlib.import_module("resnetlab.train.evaluate")  # the module, not train.evaluate()
+    evaluate = importlib.import_module("resnetlab.train.eval_source")  # the module behind `resnetlab eval`
     whole = evaluate.load_dataset
     # The first 500 test images are enough to tell where the figure goes.
     monkeypatch.setattr(evaluate, "load_dataset", lambda *a, **k: whole(*a, **k).subset(torch.arange(500)))

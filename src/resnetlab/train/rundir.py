@@ -295,4 +295,6 @@ def dataset_record(
         "std_floored_channels": floored_channels(train_set.std),
         "normalization": normalization,  # whose mean/std those are: "weights" or "data"
         "init_from": init_from,
+        # fashion-scenes: the generator's parameters, so every scene can be made again
+        **({"scene_layout": train_set.layout.record()} if hasattr(train_set, "layout") else {}),
     }
