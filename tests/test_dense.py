@@ -232,6 +232,18 @@ def test_bad_task_flags_are_one_line(argv, message, tmp_path, capsys):
     assert message in err and err.count("\n") == 1, err
 
 
+def test_a_picture_that_cannot_be_written_is_one_line(tmp_path, capsys, monkeypatch):
+    import resnetlab.data.scenes as scenes_module
+
+    def read_only(*args: object) -> None:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(scenes_module, "write_atomic", read_only)
+    assert main(["data", "fashion-scenes", "--data-dir", FASHION, "--out", str(tmp_path / "s.png")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"resnetlab: error: cannot write {tmp_path / 's.png'}: Read-only file system\n"
+
+
 def test_the_scenes_command_prints_the_layout_and_draws_a_sample(tmp_path, capsys):
     assert main(["data", "fashion-scenes", "--data-dir", FASHION, "--out", str(tmp_path / "s.png")]) == 0
     out = capsys.readouterr().out

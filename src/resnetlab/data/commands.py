@@ -4,13 +4,11 @@
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 from pathlib import Path
 
 from PIL import Image
 
-from resnetlab.atomic import write_atomic
 from resnetlab.data.datasets import (
     SCENES,
     describe,
@@ -25,7 +23,7 @@ from resnetlab.data.pack import open_pack
 from resnetlab.data.packed import PREFIX as PACKED
 from resnetlab.data.packing import DEFAULT_MAX_SIDE, DEFAULT_QUALITY, pack_folder
 from resnetlab.data.paths import check_data_dir
-from resnetlab.data.scenes import SPLIT_SCENES, SceneLayout, draw_scene, fashion_scenes
+from resnetlab.data.scenes import SPLIT_SCENES, SceneLayout, draw_scene, fashion_scenes, save_png
 from resnetlab.data.text import CORPUS, load_corpus
 from resnetlab.errors import Error
 
@@ -121,9 +119,7 @@ def _scenes(args: argparse.Namespace) -> int:
     for i, tile in enumerate(tiles):
         sheet.paste(tile, ((i % 4) * (tile.width + 4), (i // 4) * (tile.height + 4)))
     out = Path(args.out or "fashion-scenes.png")
-    buffer = io.BytesIO()
-    sheet.save(buffer, format="PNG")
-    write_atomic(out, buffer.getvalue())
+    save_png(sheet, out)
     print(f"  sample: {out} (the first 8 test scenes, masks tinted and boxes drawn)")
     return 0
 

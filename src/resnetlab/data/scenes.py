@@ -18,14 +18,17 @@ set (`split_indices`, as the classification val split), and test scenes from the
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from resnetlab.atomic import write_atomic
 from resnetlab.data.arrays import ImageArrays, Published, channel_histogram, histogram_stats, split_indices
 from resnetlab.errors import Error
 
@@ -296,3 +299,13 @@ def draw_scene(
             text = classes[int(cls)] + ("" if scores is None else f" {float(scores[i]):.2f}")
             draw.text((x0 + 2, y0 + 1), text, fill=colour)
     return grey
+
+
+def save_png(picture: Image.Image, path: Path) -> None:
+    """Write `picture` as a PNG at `path` atomically; a folder that cannot take it is one `Error`."""
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    try:
+        write_atomic(path, buffer.getvalue())
+    except OSError as exc:
+        raise Error(f"cannot write {path}: {exc.strerror or exc}") from None

@@ -8,7 +8,6 @@ registry entry of pretrained weights, `model.pretrained_cfg`) records.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,9 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from resnetlab.atomic import write_atomic
 from resnetlab.data.folder import UnreadableImage, centre_box, decode
-from resnetlab.data.scenes import draw_scene
+from resnetlab.data.scenes import draw_scene, save_png
 from resnetlab.errors import Error
 from resnetlab.models.dense import decode_centers
 from resnetlab.train.distributed import resolve_device
@@ -96,9 +94,7 @@ def draw_prediction(
         top = [(classes[c], float(p)) for c, p in zip(labels[:top_k], scores[:top_k], strict=True)]
         picture = draw_scene(pixels, classes, boxes=boxes, labels=labels, scores=scores)
     out = path.with_name(f"{path.stem}.{model.task}.png")
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    write_atomic(out, buffer.getvalue())
+    save_png(picture, out)
     return Prediction(path, top, out)
 
 
