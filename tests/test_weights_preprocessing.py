@@ -127,3 +127,30 @@ def test_training_follows_the_weights_as_normalize_and_the_data_say():
     assert follow_weights(data, unknown, normalize="auto", resizable=False, source="w")[1] == "data"
     with pytest.raises(Error, match="w records no mean and std"):
         follow_weights(data, unknown, normalize="weights", resizable=False, source="w")
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"mean": "abc"}, "records unusable preprocessing"),  # a string where a list belongs
+        ({"mean": [0.5], "std": None}, "records unusable preprocessing"),
+        ({"interpolation": "lanczos9"}, "records unusable preprocessing"),
+        ({"task": "teleport"}, "unknown task 'teleport'"),
+    ],
+)
+def test_a_weights_file_with_foreign_metadata_is_one_line(tmp_path, capsys, changes, message):
+    from PIL import Image
+
+    from resnetlab.cli import main
+    from resnetlab.models import create_model
+    from resnetlab.weights.checkpoint import save_weights
+
+    meta = {"model": "cifar_resnet", "model_kwargs": {"depth": 8}, "num_classes": 10, "in_chans": 1,
+            "classes": [str(i) for i in range(10)], "mean": [0.3], "std": [0.3], "image_size": 28,
+            "resize_size": 28, "interpolation": "bilinear"}  # fmt: skip
+    model = create_model("cifar_resnet", depth=8, in_chans=1)
+    save_weights(tmp_path / "w.safetensors", model.state_dict(), {**meta, **changes})
+    Image.new("L", (28, 28)).save(tmp_path / "x.png")
+    assert main(["predict", str(tmp_path / "w.safetensors"), str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err

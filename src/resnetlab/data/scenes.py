@@ -201,10 +201,6 @@ class SceneArrays(ImageArrays):
         if not len(self.boxes) == len(self.box_labels) == len(self.images):
             raise Error("every scene needs its boxes and their labels")
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
     def subset(self, indices: Sequence[int] | torch.Tensor) -> SceneArrays:
         """The scenes at `indices`, renumbered 0..n-1."""
         index = torch.as_tensor(indices, dtype=torch.int64)
@@ -229,10 +225,11 @@ def load_scenes(
     if split == "val" and val_size == 0:
         raise Error("the val scenes need a count: give --val-size")
     count = val_size if split == "val" else SPLIT_SCENES[split]
-    key = (split, count, layout, id(data))  # made once per process: the experiments train many nets
-    if key not in _SPLITS:
-        _SPLITS[key] = _make_split(split, count, data, layout)
-    return _SPLITS[key]
+    key = (split, count, layout)  # made once per process and data: the experiments train many nets
+    cached = _SPLITS.get(key)
+    if cached is None or cached[0] is not data:
+        cached = _SPLITS[key] = (data, _make_split(split, count, data, layout))
+    return cached[1]
 
 
 def _make_split(split: str, count: int, data: Published, layout: SceneLayout) -> SceneArrays:
@@ -248,15 +245,15 @@ def _make_split(split: str, count: int, data: Published, layout: SceneLayout) ->
 def _train_stats(layout: SceneLayout, data: Published) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Mean and std of the train scenes' pixels (the first 1,000 of them: the statistics settle
     long before that), the same for every split; computed once per layout and data."""
-    key = (layout, id(data))  # `published` hands out one object per set of files
-    if key not in _STATS:
+    cached = _STATS.get(layout)
+    if cached is None or cached[0] is not data:  # kept with its data: another data set is not it
         images = fashion_scenes("train", 1000, data, layout).arrays()[0]
-        _STATS[key] = histogram_stats(channel_histogram(images))
-    return _STATS[key]
+        cached = _STATS[layout] = (data, histogram_stats(channel_histogram(images)))
+    return cached[1]
 
 
-_STATS: dict[tuple[SceneLayout, int], tuple[tuple[float, ...], tuple[float, ...]]] = {}
-_SPLITS: dict[tuple[str, int, SceneLayout, int], SceneArrays] = {}
+_STATS: dict[SceneLayout, tuple[Published, tuple[tuple[float, ...], tuple[float, ...]]]] = {}
+_SPLITS: dict[tuple[str, int, SceneLayout], tuple[Published, SceneArrays]] = {}
 
 
 # Ten distinct colours (matplotlib's tab10), one per Fashion-MNIST class, for drawn masks and boxes.

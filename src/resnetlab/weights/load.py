@@ -10,7 +10,6 @@ license, the run's autocast and TTA), under the names a run stores (`weights.met
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -156,7 +155,7 @@ def _pretrained_cfg(
     preprocess["interpolation"] = meta.get("interpolation") or ("bilinear" if meta else None)
     classes, dataset = meta.get("classes"), meta.get("data")
     if entry is not None:
-        hub = _hub_config(found.path) if entry.hub else {}
+        hub = hf.read_config(found.path.parent) if entry.hub else {}  # the repository's config.json
         for key in ("mean", "std", "image_size", "resize_size", "interpolation"):
             value = getattr(entry, key)
             if value is None:  # not in the table: the hub's config.json, else the file's metadata
@@ -188,20 +187,3 @@ def _pretrained_cfg(
         "metrics": vars(entry.metrics) if entry else None,
         "license": entry.license if entry else None,
     }
-
-
-def _hub_config(weights: Path) -> dict[str, Any]:
-    """Preprocessing from a timm hub `config.json` next to the weights (`pretrained_cfg`)."""
-    path = weights.with_name(hf.CONFIG_FILE)
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8")).get("pretrained_cfg", {})
-    except FileNotFoundError:
-        raise Error(
-            f"{path} is missing; fetch the config.json of the timm repository next to {weights.name}"
-        ) from None
-    except (json.JSONDecodeError, AttributeError) as exc:
-        raise Error(f"{path} is not a timm config.json ({exc})") from None
-    try:
-        return Preprocessing.from_pretrained_cfg(cfg).meta()
-    except (ValueError, TypeError) as exc:
-        raise Error(f"{path} is not a timm config.json ({exc})") from None
