@@ -45,11 +45,12 @@ browser:
 demo: data
 	$(PY) -m resnetlab demo
 
+# --timeout: the slowest test takes about 40 s on 2 cores; a blocked one fails at 300 s, by name.
 test: data browser
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadgroup -m "not slow" $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadgroup -m "not slow" --timeout 300 $(PYTEST_ARGS)
 
 test-slow: data browser
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadgroup -m slow $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadgroup -m slow --timeout 3600 $(PYTEST_ARGS)
 
 bench: data
 	$(PY) -m benchmarks

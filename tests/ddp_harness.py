@@ -146,6 +146,11 @@ def launched(
         try:
             yield proc
         finally:
+            # torchrun starts each worker in a session of its own, out of killpg's reach: a worker
+            # left behind (a test that timed out) would keep its gloo peer and the CPU busy.
+            for pid in worker_pids(proc.pid).values() if proc.poll() is None else ():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()

@@ -130,7 +130,11 @@ def test_a_reader_that_closes_the_pipe_gets_no_traceback() -> None:
     os.close(read_end)  # every write into the pipe now fails with EPIPE
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "resnetlab", "models"], stdout=write_end, stderr=subprocess.PIPE, text=True
+            [sys.executable, "-m", "resnetlab", "models"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
         )
     finally:
         os.close(write_end)

@@ -12,9 +12,11 @@ from __future__ import annotations
 import base64
 import json
 import os
+import select
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -163,8 +165,13 @@ class Chromium:
         os.close(from_child_w)
         self._buffer, self._id, self.events = b"", 0, []
 
-    def _receive(self) -> dict[str, Any]:
+    def _receive(self, timeout: float = 60.0) -> dict[str, Any]:
+        """The next DevTools message; a browser silent for `timeout` s fails the test, not CI."""
+        deadline = time.monotonic() + timeout
         while b"\0" not in self._buffer:
+            ready, _, _ = select.select([self._from_child], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise RuntimeError(f"chromium sent nothing for {timeout:g} s")
             chunk = os.read(self._from_child, 1 << 16)
             if not chunk:
                 raise RuntimeError("chromium closed the DevTools pipe")

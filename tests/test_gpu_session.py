@@ -30,6 +30,9 @@ def test_every_step_of_the_gpu_session_runs_on_the_cpu(tmp_path):
 
 def test_the_session_script_refuses_an_unknown_option(tmp_path):
     done = subprocess.run(
-        ["bash", str(ROOT / "benchmarks" / "gpu_session.sh"), "--gpus", "8"], capture_output=True, text=True
+        ["bash", str(ROOT / "benchmarks" / "gpu_session.sh"), "--gpus", "8"],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 2 and "unknown option --gpus" in done.stderr

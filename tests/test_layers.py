@@ -151,6 +151,7 @@ def test_importing_the_layers_bottom_up_loads_nothing_above_them():
         capture_output=True,
         text=True,
         check=True,
+        timeout=120,
     ).stdout
     above = json.loads(out)
     assert {int(k): v for k, v in above.items() if v} == {}

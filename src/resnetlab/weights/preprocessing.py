@@ -218,5 +218,5 @@ def crop_pct(image_size: int, resize_size: int) -> float:
     while math.floor(image_size / pct) < resize_size:
         pct = math.nextafter(pct, 0.0)
     while math.floor(image_size / pct) > resize_size:
-        pct = math.nextafter(pct, 1.0)
+        pct = math.nextafter(pct, math.inf)
     return pct
