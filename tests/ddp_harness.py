@@ -143,17 +143,20 @@ def launched(
             text=True,
             start_new_session=True,
         )
+        outputs = pipe_names([proc.stdout, proc.stderr])  # while they are open: reading ends closes them
         try:
             yield proc
         finally:
-            # torchrun starts each worker in a session of its own, out of killpg's reach: a worker
-            # left behind (a test that timed out) would keep its gloo peer and the CPU busy.
-            for pid in worker_pids(proc.pid).values() if proc.poll() is None else ():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            # torchrun starts each worker in a session of its own, out of killpg's reach, and a
+            # worker whose agent is gone is nobody's child: found by the output pipes it shares
+            # with the agent. One left alive would keep its gloo peer and a CPU busy, and hold
+            # the pipes open, so that reading the output to its end would wait forever.
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+            for pid in pipe_holders(outputs):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            proc.communicate(timeout=60)
 
 
 def torchrun(
@@ -177,6 +180,26 @@ def drift(ours: State, theirs: State, start: State) -> float:
     apart = sum(float((ours[k].double() - theirs[k].double()).square().sum()) for k in keys)
     moved = sum(float((theirs[k].double() - start[k].double()).square().sum()) for k in keys)
     return (apart / moved) ** 0.5
+
+
+def pipe_names(pipes: Sequence[Any]) -> set[str]:
+    """How /proc names `pipes` (our open ends of a child's output pipes): "pipe:[INODE]"."""
+    return {f"pipe:[{os.fstat(pipe.fileno()).st_ino}]" for pipe in pipes if pipe is not None}
+
+
+def pipe_holders(names: set[str]) -> list[int]:
+    """pids of the other live processes that have one of the pipes `names` open: a child and
+    whatever it started, in any session or none (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if any(os.readlink(fd) in names for fd in (entry / "fd").iterdir()):
+                found.append(int(entry.name))
+        except OSError:
+            continue  # exited meanwhile, or not ours to read
+    return found
 
 
 def worker_pids(agent: int) -> dict[int, int]:

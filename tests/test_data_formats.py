@@ -10,14 +10,12 @@ import dataclasses
 import functools
 import gzip
 import hashlib
-import http.server
 import io
 import os
 import pickle
 import socket
 import struct
 import tarfile
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +24,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from loopback import QuietFiles, serving
 from resnetlab.cli import main
 from resnetlab.data import load_dataset
 from resnetlab.data import sources as sources_module
@@ -336,17 +335,8 @@ def server(tmp_path: Path):
     root = tmp_path / "www"
     root.mkdir()
 
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/"
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join()
+    with serving(functools.partial(QuietFiles, directory=str(root))) as url:
+        yield url
 
 
 def closed_port() -> int:

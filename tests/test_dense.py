@@ -15,14 +15,16 @@ from PIL import Image
 
 from resnetlab.cli import main
 from resnetlab.data.datasets import published
-from resnetlab.data.scenes import SceneLayout, fashion_scenes
+from resnetlab.data.scenes import SceneLayout, fashion_scenes, load_scenes
 from resnetlab.errors import Error
+from resnetlab.experiments import backbone
+from resnetlab.experiments.backbone import item_recall
 from resnetlab.models import create_model
 from resnetlab.models.dense import TaskModel, decode_centers, task_model
 from resnetlab.models.fpn import FPN
 from resnetlab.train import TrainConfig, fit, get_recipe
 from resnetlab.train.config import DENSE_OFF
-from resnetlab.train.detection import center_loss, center_targets, coco_map, gaussian_radius
+from resnetlab.train.detection import area_bounds, center_loss, center_targets, coco_map, gaussian_radius
 from resnetlab.train.eval_source import evaluate_checkpoint, format_report
 from run_fixtures import assert_same_weights, fit_stopped_at_step
 
@@ -85,6 +87,22 @@ def test_a_layout_that_cannot_hold_its_items_is_one_line():
         SceneLayout(canvas=48).check()
 
 
+def test_a_smaller_canvas_draws_the_same_scene_smaller(fashion):
+    """At 48 px, scene i has the same items in the same order, at half their 96 px size."""
+    big = fashion_scenes("test", 4, fashion)
+    small = fashion_scenes("test", 4, fashion, SceneLayout().at_canvas(48))
+    assert (small.layout.min_scale, small.layout.max_scale) == (0.375, 1.25)
+    pairs = [(big.scene(i), small.scene(i)) for i in range(4)]
+    assert all(b.image.shape == (48, 48) and np.array_equal(a.picks, b.picks) for a, b in pairs)
+    item_pixels = [
+        sum(int((scene.class_map > 0).sum()) for scene in side) for side in zip(*pairs, strict=True)
+    ]
+    assert item_pixels[1] * 4 == pytest.approx(item_pixels[0], rel=0.15)  # a quarter of the area
+    with pytest.raises(Error, match="at least 32 px"):
+        SceneLayout().at_canvas(16)
+    assert area_bounds(96) == (24**2, 48**2) and area_bounds(48) == (12**2, 24**2)
+
+
 @pytest.mark.parametrize("backbone, strides", [("resnet20", (4, 2)), ("resnet18", (32, 4))])
 def test_fpn_and_heads_give_their_shapes_on_cifar_and_imagenet_backbones(backbone, strides):
     x = torch.zeros(2, 1, 96, 96)
@@ -100,6 +118,14 @@ def test_fpn_and_heads_give_their_shapes_on_cifar_and_imagenet_backbones(backbon
     pyramid = FPN(chans, 32)(features)
     assert [p.shape[-1] for p in pyramid] == [f.shape[-1] for f in features]
     assert {p.shape[1] for p in pyramid} == {32}
+    (finest,) = FPN(chans, 32, levels=1)(features)  # what a task model's head reads
+    assert finest.shape == pyramid[0].shape
+    # Every parameter of a task model reaches the loss, as DDP requires.
+    for task in ("segment", "detect"):
+        model = task_model(backbone, task, num_classes=10, in_chans=1, fpn=True)
+        out = model(x)
+        sum(o.sum() for o in (out.values() if task == "detect" else [out])).backward()
+        assert all(p.grad is not None for p in model.parameters())
 
 
 def test_a_head_on_a_model_without_features_only_or_an_unknown_task_is_one_line():
@@ -183,10 +209,11 @@ def _task_cfg(tmp_path, task: str, **kw: object) -> TrainConfig:
                                                       "out": str(tmp_path / task), **kw})  # fmt: skip
 
 
-@pytest.mark.parametrize("task", ["segment", "detect"])
-def test_a_task_run_resumes_exactly_and_evaluates_as_it_recorded(task, tmp_path, monkeypatch):
-    whole = fit(_task_cfg(tmp_path, task))
-    stopped = _task_cfg(tmp_path, task, out=str(tmp_path / "stopped"))
+@pytest.mark.parametrize("task, canvas", [("segment", 0), ("detect", 48)])
+def test_a_task_run_resumes_exactly_and_evaluates_as_it_recorded(task, canvas, tmp_path, monkeypatch):
+    """The detection run draws its scenes on a 48 px canvas: eval draws them so again."""
+    whole = fit(_task_cfg(tmp_path, task, image_size=canvas))
+    stopped = _task_cfg(tmp_path, task, image_size=canvas, out=str(tmp_path / "stopped"))
     fit_stopped_at_step(monkeypatch, stopped, 5)  # killed after the step-3 checkpoint
     resumed = fit(stopped, resume=True)
     assert_same_weights(whole.model, resumed.model)
@@ -194,7 +221,8 @@ def test_a_task_run_resumes_exactly_and_evaluates_as_it_recorded(task, tmp_path,
     assert last == [r for r in resumed.history if r["kind"] == "eval"][-1]
     assert ("miou" in last) == (task == "segment") and ("map" in last) == (task == "detect")
     recorded = json.loads((tmp_path / task / "config.json").read_text())["dataset"]["scene_layout"]
-    assert recorded == SceneLayout().record()  # every scene of the run can be made again
+    layout = SceneLayout().at_canvas(canvas) if canvas else SceneLayout()
+    assert recorded == layout.record()  # every scene of the run can be made again
     report = evaluate_checkpoint(tmp_path / task, split="val")
     assert report.result.record() == pytest.approx(
         {k: v for k, v in last.items() if k in report.result.record()}
@@ -223,6 +251,8 @@ def test_predict_draws_masks_and_boxes_and_eval_prints_iou(tmp_path, capsys, fas
         (["--task", "detect", "--data", "fashion-scenes", "--flip"], "drop --flip"),
         (["--fpn", "--data", "fashion-scenes"], "--fpn builds a segment or detect model; add --task"),
         (["--task", "segment", "--data", "fashion-scenes", "--model", "residual_mlp"], "no features_only"),
+        (["--data", "fashion-mnist", "--image-size", "64"], "fashion-mnist images have a fixed size"),
+        (["--task", "segment", "--data", "fashion-scenes", "--image-size", "16"], "at least 32 px, got 16"),
     ],
 )
 def test_bad_task_flags_are_one_line(argv, message, tmp_path, capsys):
@@ -249,6 +279,24 @@ def test_the_scenes_command_prints_the_layout_and_draws_a_sample(tmp_path, capsy
     out = capsys.readouterr().out
     assert "96x96 grey canvas" in out and "test 1,000 scenes (test items only)" in out
     assert Image.open(tmp_path / "s.png").size == (4 * 288 + 12, 2 * 288 + 4)
+    argv = [
+        "data",
+        "fashion-scenes",
+        "--image-size",
+        "48",
+        "--data-dir",
+        FASHION,
+        "--out",
+        str(tmp_path / "t.png"),
+    ]
+    assert main(argv) == 0
+    assert "48x48 grey canvas" in capsys.readouterr().out
+    assert Image.open(tmp_path / "t.png").size == (4 * 144 + 12, 2 * 144 + 4)
+    assert main(["data", "fashion-mnist", "--image-size", "48", "--data-dir", FASHION]) == 2
+    assert (
+        capsys.readouterr().err
+        == "resnetlab: error: --image-size goes with fashion-scenes, not fashion-mnist\n"
+    )
 
 
 def test_a_pretrained_backbone_goes_under_a_head_with_its_weights():
@@ -259,3 +307,90 @@ def test_a_pretrained_backbone_goes_under_a_head_with_its_weights():
     model = TaskModel(backbone, "detect", num_classes=10, fpn=True)
     assert all(torch.equal(v, shipped[k]) for k, v in model.backbone.state_dict().items())
     assert model(torch.zeros(1, 1, 96, 96))["heatmap"].shape == (1, 10, 48, 48)
+
+
+# --- the backbone experiment's own measure ---------------------------------------------------------
+
+
+def test_item_recall_counts_each_items_own_pixels_by_size(fashion):
+    test = load_scenes("test", fashion, val_size=0, layout=SceneLayout().at_canvas(48)).subset(range(40))
+    truth = test.class_maps.numpy()
+    bounds = area_bounds(48)
+    (small, n_small), (large, n_large) = item_recall(truth, test, bounds)
+    assert (small, large) == (1.0, 1.0) and n_small > 0 and n_large > 0
+    areas = [(b[2] - b[0]) * (b[3] - b[1]) for boxes in test.boxes for b in boxes.tolist()]
+    assert n_small == sum(a < bounds[0] for a in areas) and n_large == sum(a > bounds[1] for a in areas)
+    assert item_recall(np.zeros_like(truth), test, bounds)[0][0] == 0.0  # all background: none found
+    wrong_class = np.where(truth > 0, truth % 10 + 1, 0)  # every item pixel given another class
+    assert item_recall(wrong_class, test, bounds)[1][0] == 0.0
+
+
+def _segment_run(arch: str, depth: int, head: str, seed: int, miou: float, small: float) -> dict:
+    return {
+        "task": "segment",
+        "arch": arch,
+        "depth": depth,
+        "head": head,
+        "seed": seed,
+        "miou": miou,
+        "pixel_acc": 0.8,
+        "recall_small": small,
+        "recall_large": 0.5,
+        "final_train_loss": 0.5,
+    }
+
+
+def test_backbone_findings_follow_the_numbers_and_the_seeds_spread():
+    cfg = backbone.BackboneConfig(seeds=2)
+    # resnet-56 beats plain-56 far beyond the spread; at depth 20 the arms overlap. The FPN helps
+    # small items by 10 points in three backbones, and loses 1 in the fourth.
+    miou = {("plain", 20): (0.20, 0.30), ("resnet", 20): (0.22, 0.29), ("plain", 56): (0.08, 0.09),
+            ("resnet", 56): (0.25, 0.26)}  # fmt: skip
+    runs = [
+        _segment_run(arch, depth, head, seed, miou[arch, depth][seed],
+                     0.3 + (head == "fpn") * (-0.01 if (arch, depth) == ("resnet", 56) else 0.1))
+        for (arch, depth) in miou for head in backbone.HEADS for seed in range(2)
+    ]  # fmt: skip
+    text = backbone.findings("segment", backbone.summarize(runs, cfg), cfg)
+    assert (
+        "depth 56, single-scale: the residual backbone beats its plain twin: mIoU 25.50 against 8.50"
+        in text[2]
+    )
+    assert "depth 20, single-scale: the residual backbone ties its plain twin" in text[0]
+    assert "within the seeds' spread" in text[0]
+    small = next(line for line in text if "small items" in line)
+    assert "it pays: better, by more than the seeds' spread, for 3 of 4 backbones" in small
+    assert "resnet-56 -1.00" in small
+    large = next(line for line in text if "large items" in line)
+    assert "it does not pay, on the whole: better, by more than the seeds' spread, for 0 of 4" in large
+    one_seed = backbone.BackboneConfig(seeds=1)
+    single = [r for r in runs if r["seed"] == 0]
+    text = backbone.findings("segment", backbone.summarize(single, one_seed), one_seed)
+    assert "depth 20, single-scale: the residual backbone beats its plain twin" in text[0]
+    assert text[-1].startswith("One seed per arm")
+
+
+def test_a_backbone_run_without_pictures_scores_both_tasks(tmp_path):
+    """--figure-scenes 0: no predictions figure, and no empty batch to draw."""
+    out = tmp_path / "run"
+    flags = ["--tasks", "segment,detect", "--depths", "8", "--archs", "resnet", "--heads", "fpn",
+             "--canvas", "32", "--steps", "1", "--batch-size", "2", "--test-scenes", "3",
+             "--figure-scenes", "0", "--amp", "none", "--workers", "1"]  # fmt: skip
+    assert main(["experiment", "backbone", *flags, "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["scores-detect.png", "scores-segment.png"]
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--heads", "single,pyramid"], "--heads takes single, fpn"),
+        (["--tasks", "classify"], "--tasks takes segment, detect"),
+        (["--depths", "21"], "--depths must be 6n+2"),
+        (["--canvas", "30"], "--canvas: a multiple of 4, >= 32"),
+        (["--archs", "densenet"], "--archs takes plain, resnet"),
+    ],
+)
+def test_bad_backbone_experiment_flags_are_one_line(flags, message, capsys):
+    assert main(["experiment", "backbone", *flags, "--out", "/nonexistent/never-made"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err

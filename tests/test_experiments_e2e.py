@@ -10,11 +10,13 @@ from outside the run directories; it also saves a full-page screenshot.
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import select
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -56,6 +58,10 @@ TINY: dict[str, list[str]] = {
     "identity": [
         "--shallow-steps", "3", "--steps", "2", "--seeds", "1", "--train-subset", "96",
         "--eval-examples", "32", "--log-points", "2", "--workers", "1",
+    ],
+    "backbone": [
+        "--tasks", "segment,detect", "--depths", "8", "--canvas", "32", "--steps", "2", "--batch-size", "4",
+        "--test-scenes", "8", "--figure-scenes", "2", "--amp", "none", "--workers", "1",
     ],
     "transformer": [
         "--depths", "1,2", "--width", "8", "--n-head", "2", "--context", "8", "--seeds", "1", "--steps", "3",
@@ -139,25 +145,34 @@ def test_demo_summary_prints_the_headline_table(runs: dict[str, Path]) -> None:
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+def above_4(fd: int) -> int:
+    """`fd` moved to a number above 4, so that moving it to 3 or 4 cannot clobber the other."""
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD, 5)
+    os.close(fd)
+    return moved
+
+
 class Chromium:
     """Headless Chromium driven over the DevTools protocol on a pipe."""
 
     def __init__(self, profile: Path) -> None:
         to_child_r, self._to_child = os.pipe()
         self._from_child, from_child_w = os.pipe()
-
-        def fds_3_and_4() -> None:  # the pipe protocol's fixed descriptors
-            read, write = os.dup(to_child_r), os.dup(from_child_w)
-            os.dup2(read, 3)
-            os.dup2(write, 4)
+        to_child_r, from_child_w = (above_4(fd) for fd in (to_child_r, from_child_w))
 
         flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  f"--user-data-dir={profile}", "--remote-debugging-pipe", "about:blank"]  # fmt: skip
+        # The pipe protocol reads descriptors 3 and 4. A fresh interpreter moves them there and
+        # execs Chromium: a preexec_fn would run Python between fork and exec, which can deadlock
+        # in a threaded process (the xdist worker is one) and leave Popen waiting forever.
+        move = (
+            "import os, sys; os.dup2(int(sys.argv[1]), 3); os.dup2(int(sys.argv[2]), 4); "
+            "os.execv(sys.argv[3], sys.argv[3:])"
+        )
         self.proc = subprocess.Popen(
-            [CHROMIUM, *flags],
-            preexec_fn=fds_3_and_4,
-            pass_fds=(3, 4),
+            [sys.executable, "-c", move, str(to_child_r), str(from_child_w), CHROMIUM, *flags],
+            pass_fds=(to_child_r, from_child_w),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

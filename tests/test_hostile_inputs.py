@@ -13,7 +13,6 @@ import pickle
 import stat
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 from PIL import Image
 
 from cli_fixtures import assert_one_line, run
+from loopback import serving
 from resnetlab import create_model
 from resnetlab.data import download as download_module
 from resnetlab.data.folder import load_folder
@@ -67,16 +67,8 @@ def misbehaving_server(
         def log_message(self, *args: object) -> None:
             pass
 
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join()
+    with serving(Handler) as url:
+        yield url
 
 
 def _registered_tiny(monkeypatch, tmp_path: Path, base: str) -> tuple[Path, bytes]:

@@ -290,3 +290,46 @@ def test_ddp_benchmark_prints_its_table(capsys, monkeypatch):
         ["torchrun", "2", "1"],
     ]
     assert rows[0][-1] == "1.00x" and float(rows[1][4]) > 0
+
+
+def _task_runs(root: str) -> list[dict]:
+    """In each of 2 ranks: a 4-step segmentation and a 4-step detection run on 48 px scenes, each
+    evaluated on 31 val scenes split between the ranks (uneven shards); the last eval records."""
+    runtime = setup_runtime("cpu")
+    records = []
+    try:
+        for task in ("segment", "detect"):
+            argv = [
+                "train", "--task", task, "--fpn", "--data", "fashion-scenes", "--image-size", "48",
+                "--model", "cifar_resnet", "--model-kwargs", "depth=8", "--train-subset", "64",
+                "--val-size", "31", "--eval-splits", "val", "--batch-size", "16", "--max-steps", "4",
+                "--amp", "none", "--device", "cpu", "--no-progress", "--out", str(Path(root) / task),
+            ]  # fmt: skip
+            result = fit(config_from_args(build_parser().parse_args(argv))[0], runtime=runtime)
+            records.append([r for r in result.history if r["kind"] == "eval"][-1])
+    finally:
+        teardown_runtime(runtime)
+    return records
+
+
+def test_segmentation_and_detection_runs_on_two_ranks_score_every_scene_once(tmp_path):
+    """Both ranks score their shard; the pixel confusion is summed and the boxes gathered before
+    COCO counts, so the record equals one process's evaluation of the same checkpoint."""
+    records = spawn(_task_runs, str(tmp_path), timeout=180)[0]
+    for task, record in zip(("segment", "detect"), records, strict=True):
+        report = evaluate_checkpoint(tmp_path / task, split="val", device="cpu")
+        assert report.result.count == (31 if task == "detect" else 31 * 48 * 48)  # scenes, or pixels
+        ours = report.result.record()
+        assert ours == pytest.approx({k: v for k, v in record.items() if k in ours}, rel=1e-5, abs=1e-6)
+
+
+def test_the_harness_kills_an_orphan_holding_the_launchers_output(tmp_path):
+    """A process in a session of its own, left behind by its launcher with the output pipes open
+    (as a torchrun worker can be): found by the pipes and killed, so reading the output ends."""
+    start = time.monotonic()
+    with launched(["sh", "-c", "setsid sleep 300 & echo $!"], cwd=tmp_path) as proc:
+        orphan = int(proc.stdout.readline())
+        proc.wait(timeout=10)
+    stat = Path(f"/proc/{orphan}/stat")
+    assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"  # gone, or a zombie
+    assert time.monotonic() - start < 30

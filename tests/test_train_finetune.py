@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import http.server
 import json
-import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from loopback import QuietFiles, serving
 from resnetlab import create_model
 from resnetlab.cli import main
 from resnetlab.errors import Error
@@ -215,20 +214,12 @@ def test_a_url_source_downloads_once_and_starts_where_the_file_does(source, tmp_
     """--init-from URL, served on loopback: the run starts from the file's weights."""
     monkeypatch.setenv("RESNETLAB_HOME", str(tmp_path / "home"))
     served = latest_checkpoint(source)
-    handler = functools.partial(_QuietHandler, directory=str(served))
-    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as httpd:
-        threading.Thread(target=httpd.serve_forever, daemon=True).start()
-        url = f"http://127.0.0.1:{httpd.server_address[1]}/{MODEL_FILE}"
+    with serving(functools.partial(QuietFiles, directory=str(served))) as base:
+        url = base + MODEL_FILE
         assert weights_model(url) is None  # not in the registry: --model says which
         cfg = dataclasses.replace(SOURCE, init_from=url, freeze="head-only", max_steps=1, train_subset=64)
         result = fit(cfg)
-        httpd.shutdown()
     original = load_weights(served / MODEL_FILE)[0]
     state = result.model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in original.items() if not k.startswith("fc."))
     assert list((tmp_path / "home" / "weights").rglob("*.safetensors"))  # kept in the cache
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args: object) -> None:
-        pass

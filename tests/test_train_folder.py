@@ -96,7 +96,7 @@ def test_a_folder_trains_at_the_chosen_size_and_evaluates_and_predicts_at_it(fol
         (
             "fashion-mnist",
             ["--image-size", "32"],
-            "--image-size applies to imagefolder:PATH and packed:FILE data",
+            "--image-size applies to imagefolder:PATH, packed:FILE and fashion-scenes data",
         ),
         ("imagefolder:{folder}", ["--crop-padding", "4"], "--crop-padding applies to in-memory data sets"),
         ("imagefolder:{folder}", ["--image-size", "-1"], "--image-size must be >= 0"),

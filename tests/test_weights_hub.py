@@ -4,10 +4,10 @@ headers, LFS files named by their sha256), cached, verified and loaded."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import safetensors.torch
 import torch
 from PIL import Image
 
+from loopback import serving
 from resnetlab import create_model
 from resnetlab.cli import main
 from resnetlab.errors import Error
@@ -29,10 +30,15 @@ from test_weights_hf import CLASSES, resnet18_weights
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
-def hub_server(
-    repos: dict[str, dict[str, bytes]], lie_about: set[str] = frozenset()
-) -> http.server.HTTPServer:
-    """Serve `repos` ({"org/name": {file: bytes}}); files in `lie_about` get an ETag of other bytes."""
+@contextlib.contextmanager
+def online_hub(
+    repos: dict[str, dict[str, bytes]],
+    monkeypatch: pytest.MonkeyPatch,
+    cache: Path,
+    lie_about: set[str] = frozenset(),
+) -> Iterator[None]:
+    """The Hub, online, holding `repos` ({"org/name": {file: bytes}}) on loopback, with the Hugging
+    Face cache at `cache`; files in `lie_about` get an ETag of other bytes."""
 
     class Hub(http.server.BaseHTTPRequestHandler):
         def _answer(self, body: bool) -> None:
@@ -69,9 +75,11 @@ def hub_server(
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    with serving(Hub) as url:
+        monkeypatch.setenv("HF_ENDPOINT", url.rstrip("/"))
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+        yield
 
 
 @pytest.fixture
@@ -81,12 +89,8 @@ def hub(tmp_path, monkeypatch) -> Iterator[tuple[dict[str, dict[str, bytes]], to
     weights, model = resnet18_weights(tmp_path / "r18.safetensors")
     folder = export_hf(str(weights), tmp_path / "zoo")
     repos = {"org/zoo": {p.name: p.read_bytes() for p in folder.iterdir()}}
-    server = hub_server(repos)
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    yield repos, model.eval()
-    server.shutdown()
+    with online_hub(repos, monkeypatch, tmp_path / "hf-cache"):
+        yield repos, model.eval()
 
 
 def test_a_hub_repository_loads_once_then_offline_from_the_cache(hub, tmp_path, monkeypatch):
@@ -120,17 +124,12 @@ def test_predict_and_export_take_a_hub_repository(hub, tmp_path, capsys):
 def test_weights_that_do_not_hash_to_the_published_sha256_are_refused_and_dropped(tmp_path, monkeypatch):
     weights, _ = resnet18_weights(tmp_path / "r18.safetensors")
     folder = export_hf(str(weights), tmp_path / "zoo")
-    server = hub_server(
-        {"org/zoo": {p.name: p.read_bytes() for p in folder.iterdir()}}, {"model.safetensors"}
-    )
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    try:
-        with pytest.raises(Error, match="does not match the sha256 the Hub published"):
-            create_model("hf-hub:org/zoo", pretrained=True)
-    finally:
-        server.shutdown()
+    repos = {"org/zoo": {p.name: p.read_bytes() for p in folder.iterdir()}}
+    with (
+        online_hub(repos, monkeypatch, tmp_path / "hf-cache", lie_about={"model.safetensors"}),
+        pytest.raises(Error, match="does not match the sha256 the Hub published"),
+    ):
+        create_model("hf-hub:org/zoo", pretrained=True)
     blobs = [p.name for p in (tmp_path / "hf-cache").rglob("blobs/*")]
     assert len(blobs) == 1 and len(blobs[0]) == 40  # the config (a git hash) stays; the weights are gone
 
@@ -178,15 +177,9 @@ def test_a_timm_table_tag_comes_through_the_hub_checked_with_its_config(tmp_path
         "config.json": json.dumps(config).encode(),
         "model.safetensors": safetensors.torch.save(source.state_dict()),
     }
-    server = hub_server({"timm/resnet18d.ra2_in1k": files})
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    try:
+    with online_hub({"timm/resnet18d.ra2_in1k": files}, monkeypatch, tmp_path / "hf-cache"):
         assert cached_path(get_weights("resnet18d.ra2_in1k")) is None
         model = create_model("resnet18d", pretrained=True).eval()
-    finally:
-        server.shutdown()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(model(x), source(x))
@@ -208,12 +201,9 @@ def test_a_timm_table_tag_whose_bytes_do_not_match_the_hubs_sha256_is_refused(tm
         "config.json": b'{"architecture": "resnet18d"}',
         "model.safetensors": safetensors.torch.save(source.state_dict()),
     }
-    server = hub_server({"timm/resnet18d.ra2_in1k": files}, lie_about={"model.safetensors"})
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    try:
-        with pytest.raises(Error, match="does not match the sha256 the Hub published"):
-            create_model("resnet18d", pretrained="ra2_in1k")
-    finally:
-        server.shutdown()
+    repos = {"timm/resnet18d.ra2_in1k": files}
+    with (
+        online_hub(repos, monkeypatch, tmp_path / "hf-cache", lie_about={"model.safetensors"}),
+        pytest.raises(Error, match="does not match the sha256 the Hub published"),
+    ):
+        create_model("resnet18d", pretrained="ra2_in1k")

@@ -7,7 +7,6 @@ import functools
 import hashlib
 import http.server
 import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import huggingface_hub.constants
 import pytest
 import torch
 
+from loopback import serving
 from resnetlab.models import create_model
 from resnetlab.weights import registry
 from resnetlab.weights.entry import Metrics, WeightsEntry
@@ -55,15 +55,8 @@ def serve(root: Path) -> Iterator[tuple[str, list[str]]]:
         def log_message(self, *args: object) -> None:
             pass
 
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/", requests
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join()
+    with serving(functools.partial(Handler, directory=str(root))) as url:
+        yield url, requests
 
 
 def sha256(path: Path) -> str:

@@ -8,6 +8,7 @@ per batch on the device; `imagefolder:PATH` is a `FolderDataset` decoded by Data
 from resnetlab.data.arrays import ImageArrays, split_indices
 from resnetlab.data.augment import AUGMENT_PRESETS, Augment
 from resnetlab.data.datasets import (
+    SCENES,
     SPLITS,
     fed_as,
     has_split,
@@ -24,6 +25,7 @@ from resnetlab.data.packed import PackedDataset
 
 __all__ = [
     "AUGMENT_PRESETS",
+    "SCENES",
     "SPLITS",
     "Augment",
     "DeviceLoader",

@@ -64,6 +64,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pack.add_argument("--raw", action="store_true", help="store raw RGB pixels, not JPEG (small images)")
     pack.add_argument("--workers", type=int, metavar="N", help="processes (default: the CPUs available)")
     parser.add_argument(
+        "--image-size",
+        type=int,
+        default=0,
+        metavar="PX",
+        help="fashion-scenes: the canvas side, as `train --image-size` draws it (default 96)",
+    )
+    parser.add_argument(
         "--data-dir",
         metavar="DIR",
         help="look here first, and download here (default: $RESNETLAB_DATA, else ~/.cache/resnetlab)",
@@ -83,12 +90,12 @@ def _scenes(args: argparse.Namespace) -> int:
         or args.max_side != DEFAULT_MAX_SIDE
         or args.quality != DEFAULT_QUALITY
     ):
-        raise Error("fashion-scenes takes --out PNG (the sample picture) and --data-dir only")
+        raise Error("fashion-scenes takes --out PNG (the sample picture), --image-size and --data-dir only")
+    layout = SceneLayout().at_canvas(args.image_size) if args.image_size else SceneLayout()
     data = published("fashion-mnist", args.data_dir, download=not args.no_download)
-    layout = SceneLayout()
     print(
         f"{SCENES}: Fashion-MNIST items composed on a {layout.canvas}x{layout.canvas} grey canvas, "
-        f"{layout.min_items}-{layout.max_items} per scene at {layout.min_scale}-{layout.max_scale}x "
+        f"{layout.min_items}-{layout.max_items} per scene at {layout.min_scale:.3g}-{layout.max_scale:.3g}x "
         "their 28 px, later ones on top"
     )
     print(f"  layout: {layout.record()}")
@@ -209,6 +216,8 @@ def _pack_header(path: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     check_data_dir(args.data_dir)
     pack_flags = args.out or args.raw or args.workers or args.max_side != DEFAULT_MAX_SIDE
+    if args.image_size and args.name != SCENES:
+        raise Error(f"--image-size goes with {SCENES}, not {args.name}")
     if args.name == "pack":
         return _pack(args)
     if args.name == SCENES:  # --out names the sample picture

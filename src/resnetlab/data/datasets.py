@@ -17,7 +17,7 @@ from resnetlab.data.folder import DEFAULT_IMAGE_SIZE, FolderDataset, has_test_sp
 from resnetlab.data.packed import PREFIX as PACKED
 from resnetlab.data.packed import has_packed_test, load_pack
 from resnetlab.data.paths import check_data_dir
-from resnetlab.data.scenes import load_scenes
+from resnetlab.data.scenes import SceneLayout, load_scenes
 from resnetlab.data.sources import SOURCES
 from resnetlab.errors import Error
 
@@ -98,7 +98,8 @@ def load_dataset(
     val: `val_size` training examples held out at random by `seed`, as the paper's 45k/5k CIFAR
     split [He15 §4.2]. Normalisation statistics come from the train split. strict: an unreadable
     image in a folder is an error instead of skipped.
-    image_size: a folder's crop side in pixels (0: 224); the other data sets have a fixed size.
+    image_size: a folder's crop side in pixels (0: 224); the scenes' canvas (0: 96 px); the other
+    data sets have a fixed size.
     decode: a folder's JPEG decoding, "full" or "reduced" (`folder.decode_box`).
     """
     if split not in SPLITS:
@@ -115,12 +116,15 @@ def load_dataset(
             image_size=image_size or DEFAULT_IMAGE_SIZE,
             decode=decode,
         )
+    if name == SCENES:  # image_size: the canvas (the items scale with it)
+        layout = SceneLayout().at_canvas(image_size) if image_size else SceneLayout()
+        data = published("fashion-mnist", data_dir, download=download)
+        return load_scenes(split, data, val_size=val_size, layout=layout)
     if image_size:
         raise Error(
-            f"an image size applies to imagefolder:PATH and packed:FILE data; {name} images have a fixed size"
+            f"an image size applies to imagefolder:PATH, packed:FILE and {SCENES} data; "
+            f"{name} images have a fixed size"
         )
-    if name == SCENES:
-        return load_scenes(split, published("fashion-mnist", data_dir, download=download), val_size=val_size)
     data = published(name, data_dir, download=download)
     if split == "val" and val_size == 0:
         raise Error(

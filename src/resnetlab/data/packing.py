@@ -111,7 +111,7 @@ def pack_folder(
     jobs = [(str(root), [bytes(p) for p in paths[chunks[k]]], settings) for k in todo]
     with (
         tqdm(total=len(paths), initial=done, unit="img", desc=f"packing {out.name}", file=sys.stderr) as bar,
-        multiprocessing.get_context("fork").Pool(workers or available_cpus()) as pool,
+        _workers_context().Pool(workers or available_cpus()) as pool,
     ):
         for k, arrays in zip(todo, pool.imap(_pack_chunk, jobs), strict=True):
             _save_chunk(work / _chunk_name(k), arrays)
@@ -122,6 +122,15 @@ def pack_folder(
     counts, unreadable = _assemble(out, work, len(chunks), labels, split_of, list(listing), classes, settings)
     shutil.rmtree(work, ignore_errors=True)
     return PackReport(out, counts, unreadable, resumed, out.stat().st_size, time.perf_counter() - start)
+
+
+def _workers_context() -> multiprocessing.context.BaseContext:
+    """Workers forked from a server process that has imported this module once: cheap to start,
+    and never forked from the caller, whose other threads (tqdm's monitor, a test runner's) could
+    hold a lock that the child then waits on forever."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
 
 
 def _chunk_name(k: int) -> str:

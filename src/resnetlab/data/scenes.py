@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from resnetlab.errors import Error
 ITEM_SIDE = 28  # px, a Fashion-MNIST item
 SPLIT_SCENES = {"train": 6000, "test": 1000}  # scenes per split; val: --val-size of them
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}  # part of each scene's seed
+MIN_CANVAS = 32  # px: the smallest item is then 7 px, still an item
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,16 @@ class SceneLayout:
 
     def record(self) -> dict[str, Any]:
         return asdict(self)
+
+    def at_canvas(self, canvas: int) -> SceneLayout:
+        """This layout drawn on a `canvas` px canvas: the item scales follow the canvas, so a
+        64 px scene is the 96 px scene at 2/3 of its size (the same items, places and overlaps
+        relative to the canvas), with (64/96)^2 of its pixels to compute on."""
+        if canvas < MIN_CANVAS:
+            raise Error(f"a scene canvas must be at least {MIN_CANVAS} px, got {canvas}")
+        ratio = canvas / self.canvas
+        scales = {"min_scale": self.min_scale * ratio, "max_scale": self.max_scale * ratio}
+        return replace(self, canvas=canvas, **scales)
 
 
 @dataclass
@@ -221,7 +232,8 @@ def load_scenes(
     split: str, data: Published, *, val_size: int, layout: SceneLayout = SceneLayout()
 ) -> SceneArrays:
     """One split of `fashion-scenes` in memory: 6,000 train scenes, `val_size` val scenes, 1,000
-    test scenes; normalised by the train scenes' statistics (as the other sets by their train split)."""
+    test scenes; normalised by the train scenes' statistics (as the other sets by their train split).
+    `--image-size` gives `layout.at_canvas(size)`."""
     if split == "val" and val_size == 0:
         raise Error("the val scenes need a count: give --val-size")
     count = val_size if split == "val" else SPLIT_SCENES[split]

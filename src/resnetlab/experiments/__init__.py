@@ -11,10 +11,12 @@
     transformer  beyond the convnet: plain vs residual byte-level GPTs on English text
     identity     [He15 §1]         a trained shallow net deepened with zero-init, default and identity blocks
     information  the seed's third reason: how much of the input each stage keeps (linear read-out)
+    backbone     [He15 §4.3, Lin17]  plain vs residual backbones under segmentation and detection heads, +-FPN
 
 Every module has a config dataclass, `PRESETS` ("quick": minutes on a CPU with Fashion-MNIST;
-"paper": the paper's setting for a GPU and CIFAR-10; transfer, mlp, transformer, identity and
-information, which reproduce no paper figure, have "full" instead) and `run(cfg, run_dir) -> Outcome`.
+"paper": the paper's setting for a GPU and CIFAR-10; transfer, mlp, transformer, identity,
+information and backbone, which reproduce no paper figure, have "full" instead) and
+`run(cfg, run_dir) -> Outcome`.
 `run_experiment` adds the run directory: results.json, the PNG figures and report.html.
 """
 
@@ -29,6 +31,7 @@ from typing import Any
 
 from resnetlab.errors import Error
 from resnetlab.experiments import (
+    backbone,
     degradation,
     gradients,
     identity,
@@ -60,6 +63,7 @@ EXPERIMENTS: dict[str, ModuleType] = {
         transformer,
         identity,
         information,
+        backbone,
     )
 }
 

@@ -98,7 +98,8 @@ class TaskModel(nn.Module):
             used = [len(info) - 1]
         self.backbone, self.task, self.num_classes = backbone, task, num_classes
         self.used = used  # indices into the backbone's outputs that the neck or head reads
-        self.fpn = FPN([info[i]["num_chs"] for i in used], channels) if fpn else None
+        # The head reads the finest level only: the FPN makes no other.
+        self.fpn = FPN([info[i]["num_chs"] for i in used], channels, levels=1) if fpn else None
         in_chs = channels if fpn else info[used[0]]["num_chs"]
         self.stride = info[used[0]]["reduction"]  # px of input per cell of the map the head reads
         self.head = (

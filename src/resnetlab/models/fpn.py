@@ -13,13 +13,18 @@ from torch import Tensor, nn
 
 
 class FPN(nn.Module):
-    """[C_1, ..., C_k] (finest first, channels `in_channels`) -> [P_1, ..., P_k], `channels` each."""
+    """[C_1, ..., C_k] (finest first, channels `in_channels`) -> [P_1, ..., P_n], `channels` each:
+    the finest `levels` levels (default all k). A head that reads fewer levels gets no 3x3 convs
+    for the others: parameters that reach no loss would stop DDP at its second step."""
 
-    def __init__(self, in_channels: list[int], channels: int = 64) -> None:
+    def __init__(self, in_channels: list[int], channels: int = 64, *, levels: int | None = None) -> None:
         super().__init__()
+        levels = len(in_channels) if levels is None else levels
+        if not 1 <= levels <= len(in_channels):
+            raise ValueError(f"levels must be 1..{len(in_channels)}, got {levels}")
         # No norm between them, so the convs keep their bias (as Detectron's FPN).
         self.lateral = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in in_channels)
-        self.smooth = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1) for _ in in_channels)
+        self.smooth = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1) for _ in range(levels))
         for conv in [*self.lateral, *self.smooth]:
             nn.init.kaiming_uniform_(conv.weight, a=1)  # Detectron's "caffe2_xavier": unit gain
             nn.init.zeros_(conv.bias)
@@ -30,4 +35,4 @@ class FPN(nn.Module):
         for lateral, feature in zip(reversed(self.lateral[:-1]), reversed(features[:-1]), strict=True):
             top_down = F.interpolate(merged[0], size=feature.shape[-2:], mode="nearest")
             merged.insert(0, lateral(feature) + top_down)
-        return [smooth(p) for smooth, p in zip(self.smooth, merged, strict=True)]
+        return [smooth(p) for smooth, p in zip(self.smooth, merged, strict=False)]  # the finest first

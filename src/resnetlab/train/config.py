@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from resnetlab.data.datasets import is_image_files
+from resnetlab.data.datasets import SCENES, is_image_files
 from resnetlab.data.folder import DECODE_MODES
 from resnetlab.data.selection import Selection
 from resnetlab.errors import Error
@@ -142,7 +142,7 @@ class TrainConfig:
     image_size: int = _opt(
         0,
         "image folders: side of the square crop, pixels (0: the --init-from weights', else 224); "
-        "other data keep theirs",
+        "fashion-scenes: the canvas side (0: 96; the items scale with it); other data keep theirs",
     )
 
     # How long, and the optimizer.
@@ -215,8 +215,8 @@ class TrainConfig:
         _require(self.epochs > 0 or (self.max_steps or 0) > 0, "--epochs must be positive")
         if self.task != "classify":
             _require(
-                self.data == "fashion-scenes",
-                f"--task {self.task} needs data with masks and boxes: --data fashion-scenes",
+                self.data == SCENES,
+                f"--task {self.task} needs data with masks and boxes: --data {SCENES}",
             )
             used = [
                 f"--{name.replace('_', '-')}" for name, off in DENSE_OFF.items() if getattr(self, name) != off
@@ -249,8 +249,8 @@ class TrainConfig:
         _require(self.image_size >= 0, "--image-size must be >= 0 (0: 224)")
         _require(self.decode in DECODE_MODES, f"--decode must be one of {', '.join(DECODE_MODES)}")
         _require(
-            self.image_size == 0 or is_image_files(self.data),
-            f"--image-size applies to imagefolder:PATH and packed:FILE data; "
+            self.image_size == 0 or is_image_files(self.data) or self.data == SCENES,
+            f"--image-size applies to imagefolder:PATH, packed:FILE and {SCENES} data; "
             f"{self.data} images have a fixed size",
         )
         _require(

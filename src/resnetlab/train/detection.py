@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from resnetlab.data.scenes import SceneLayout
 from resnetlab.errors import Error
 
 SIZE_WEIGHT = 0.1  # [Zhou19 §4]: lambda_size
@@ -26,9 +27,18 @@ OFFSET_WEIGHT = 1.0  # lambda_off
 MIN_OVERLAP = 0.7  # IoU a centre off by the radius keeps with the box (CenterNet's gaussian_radius)
 # Item sizes for AP by size, in px^2 of box area. COCO's own bounds (32^2, 96^2) are for ~640 px
 # photos; on a 96 px canvas nothing is "large" by them. A scene item is 21-70 px: "small" is
-# under 24^2 (below 0.9x the original item), "large" over 48^2 (above 1.7x).
+# under 24^2 (below 0.9x the original item), "large" over 48^2 (above 1.7x). On another canvas
+# the bounds scale with the items (`area_bounds`).
 SMALL_AREA = 24**2
 LARGE_AREA = 48**2
+BOUNDS_CANVAS = SceneLayout.canvas  # px: the canvas SMALL_AREA and LARGE_AREA are for (96)
+
+
+def area_bounds(canvas: int) -> tuple[float, float]:
+    """(small, large) box-area bounds in px^2 on a `canvas` px scene, where items are drawn at
+    canvas / 96 of their 96 px size (`SceneLayout.at_canvas`)."""
+    ratio = (canvas / BOUNDS_CANVAS) ** 2
+    return SMALL_AREA * ratio, LARGE_AREA * ratio
 
 
 def gaussian_radius(height: float, width: float, min_overlap: float = MIN_OVERLAP) -> float:
@@ -84,11 +94,15 @@ def center_loss(outputs: dict[str, Tensor], targets: dict[str, Tensor]) -> Tenso
 
 
 def coco_map(
-    predictions: list[dict[str, Tensor]], truths: list[tuple[np.ndarray, np.ndarray]], num_classes: int
+    predictions: list[dict[str, Tensor]],
+    truths: list[tuple[np.ndarray, np.ndarray]],
+    num_classes: int,
+    *,
+    canvas: int = BOUNDS_CANVAS,
 ) -> dict[str, float]:
     """COCO box AP by pycocotools: {"map": AP@[.5:.95], "map_50": AP@.5, "map_small", "map_large"}
-    (-1 where a size has no items, as COCO reports). predictions: per image, boxes [x0, y0, x1,
-    y1) px, scores and labels; truths: per image, (boxes, labels)."""
+    (-1 where a size has no items, as COCO reports; sizes by `area_bounds(canvas)`). predictions:
+    per image, boxes [x0, y0, x1, y1) px, scores and labels; truths: per image, (boxes, labels)."""
     try:
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
@@ -131,7 +145,8 @@ def coco_map(
         if not results:
             return {"map": 0.0, "map_50": 0.0, "map_small": 0.0, "map_large": 0.0}
         evaluation = COCOeval(truth, truth.loadRes(results), "bbox")
-        evaluation.params.areaRng = [[0, 1e10], [0, SMALL_AREA], [SMALL_AREA, LARGE_AREA], [LARGE_AREA, 1e10]]
+        small, large = area_bounds(canvas)
+        evaluation.params.areaRng = [[0, 1e10], [0, small], [small, large], [large, 1e10]]
         evaluation.evaluate()
         evaluation.accumulate()
         evaluation.summarize()

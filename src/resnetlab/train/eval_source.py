@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from resnetlab.data import has_split, is_image_files, load_dataset, make_loader, mirror_warning
+from resnetlab.data import SCENES, has_split, is_image_files, load_dataset, make_loader, mirror_warning
 from resnetlab.errors import Error
 from resnetlab.train.distributed import resolve_device
 from resnetlab.train.evaluate import plot_confusion
@@ -70,7 +70,11 @@ def evaluate_checkpoint(
     if split is None:  # a folder of class folders has no test split, only its held-out val
         split = "test" if has_split(data, "test", val_size=0) else "val"
     val_size = (meta.get("val_size") or 0) if split == "val" else 0
-    dataset = load_dataset(data, split, data_dir=data_dir, val_size=val_size, seed=meta.get("seed") or 0)
+    # Scenes are drawn at the run's own canvas; every other set has one size, or is cropped below.
+    canvas = preprocessing.image_size if data == SCENES else 0
+    dataset = load_dataset(
+        data, split, data_dir=data_dir, val_size=val_size, seed=meta.get("seed") or 0, image_size=canvas or 0
+    )
     dataset = feed_for(preprocessing, dataset, data, num_classes=meta["num_classes"], source=meta["source"])
     tta = (meta.get("tta") or "none") if tta is None else tta
     if tta != "none" and (warning := mirror_warning(data, f"--tta {tta}")):

@@ -147,7 +147,8 @@ class Detect:
         tta: str = "none",
     ) -> DetectionResult:
         """Decoded boxes of every scene against its truth, by COCO's AP (pycocotools), over all
-        ranks' scenes; the loss is the mean over scenes."""
+        ranks' scenes; the loss is the mean over scenes of each scene's own loss, so it does not
+        depend on how the scenes are batched or sharded."""
         if tta != "none":
             raise Error("test-time augmentation applies to classification; use --tta none")
         device = next(model.parameters()).device
@@ -159,7 +160,12 @@ class Detect:
             with autocast(device, amp):
                 outputs = model(x)
             outputs = {k: v.float() for k, v in outputs.items()}
-            loss_sum += center_loss(outputs, self.targets(y)).double() * len(y)
+            target = self.targets(y)
+            for i in range(len(y)):  # per scene: CenterNet's loss divides by the boxes in what it is given
+                one = slice(i, i + 1)
+                loss_sum += center_loss(
+                    {k: v[one] for k, v in outputs.items()}, {k: v[one] for k, v in target.items()}
+                ).double()
             for index, boxes in zip(y.tolist(), decode_centers(outputs, self.stride), strict=True):
                 found.append((index, {k: v.cpu() for k, v in boxes.items()}))
         model.train(was_training)
@@ -169,7 +175,10 @@ class Detect:
         found.sort(key=lambda item: item[0])
         indices = [i for i, _ in found]
         scores = coco_map(
-            [p for _, p in found], [(self.boxes[i], self.box_labels[i]) for i in indices], self.num_classes
+            [p for _, p in found],
+            [(self.boxes[i], self.box_labels[i]) for i in indices],
+            self.num_classes,
+            canvas=self.image_size,
         )
         count = max(len(found), 1)
         return DetectionResult(loss=float(loss_sum) / count, count=len(found), **scores)
