@@ -71,9 +71,9 @@ def evaluate_checkpoint(
         split = "test" if has_split(data, "test", val_size=0) else "val"
     val_size = (meta.get("val_size") or 0) if split == "val" else 0
     # Scenes are drawn at the run's own canvas; every other set has one size, or is cropped below.
-    canvas = preprocessing.image_size if data == SCENES else 0
+    canvas = (preprocessing.image_size or 0) if data == SCENES else 0
     dataset = load_dataset(
-        data, split, data_dir=data_dir, val_size=val_size, seed=meta.get("seed") or 0, image_size=canvas or 0
+        data, split, data_dir=data_dir, val_size=val_size, seed=meta.get("seed") or 0, image_size=canvas
     )
     dataset = feed_for(preprocessing, dataset, data, num_classes=meta["num_classes"], source=meta["source"])
     tta = (meta.get("tta") or "none") if tta is None else tta
