@@ -21,8 +21,9 @@ objects [Lin17 Table 1].
 
 Presets:
   quick  segmentation on a 64 px canvas, 240 steps of 16 scenes, 1 seed, the 1,000 test scenes:
-         about 10 minutes on 2 cores. One seed, because 3 do not fit there: a gap of a point or two
-         between arms is within what another seed moves.
+         3.5 minutes on 2 cores of an Intel Xeon with AMX, about 10 on an AMD EPYC. One seed,
+         because 3 do not fit 10 minutes on the latter: a gap of a point or two between arms is
+         within what another seed moves (`--seeds 3` for the spread).
   full   the 96 px canvas, segmentation and detection, 2 epochs of the 6,000 train scenes in
          steps of 32, 3 seeds: hours on a CPU, minutes on a GPU.
 
