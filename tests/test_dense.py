@@ -162,6 +162,19 @@ def test_the_decoder_recovers_the_boxes_of_its_own_targets_exactly(items):
     assert center_loss(outputs, targets) < center_loss(worse, targets)
 
 
+@pytest.mark.parametrize("name, fpn", [("resnet20", False), ("resnet20", True), ("resnet18", False)])
+def test_the_targets_cover_the_heads_grid_on_any_canvas(name, fpn):
+    """--image-size 50 is no multiple of the stride: the head's grid and the targets still agree."""
+    model = TaskModel(create_model(name, in_chans=1, features_only=True), "detect", 10, fpn=fpn).eval()
+    for side in (50, 61, 64):
+        with torch.no_grad():
+            heat = model(torch.zeros(1, 1, side, side))["heatmap"]
+        box = np.array([[side - 9.0, side - 9.0, side, side]], np.float32)  # in the last cell
+        t = center_targets(box, np.array([3]), num_classes=10, stride=model.stride, image_size=side)
+        assert t["heatmap"].shape == heat.shape[1:], (side, model.stride)
+        assert t["mask"].sum() == 1
+
+
 @given(st.floats(2, 200), st.floats(2, 200))
 def test_a_centre_shifted_by_the_radius_keeps_the_overlap(width, height):
     r = gaussian_radius(height, width)

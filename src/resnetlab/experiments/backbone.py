@@ -41,7 +41,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from matplotlib.figure import Figure as MplFigure
 from PIL import Image, ImageDraw
 
@@ -55,9 +54,9 @@ from resnetlab.train import fit
 from resnetlab.train.config import DENSE_OFF, TrainConfig
 from resnetlab.train.detection import area_bounds
 from resnetlab.train.distributed import resolve_device
-from resnetlab.train.precision import autocast, resolve_amp
+from resnetlab.train.precision import resolve_amp
 from resnetlab.train.predict import MIN_SCORE
-from resnetlab.train.tasks import Detect, SegmentationResult
+from resnetlab.train.tasks import Detect, Segment
 
 NAME = "backbone"
 TITLE = "ResNet as a backbone: plain against residual under dense heads, with and without an FPN"
@@ -178,30 +177,29 @@ def train_one(cfg: BackboneConfig, task: str, arch: str, depth: int, head: str, 
     return {**record, "drawn": drawn}
 
 
+class _Recording(torch.nn.Module):
+    """`net`, keeping the class map it predicts for each batch it is given (uint8, on the CPU)."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net, self.maps = net, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.net(x)
+        self.maps.append(logits.argmax(1).to(torch.uint8).cpu())
+        return logits
+
+
 @torch.no_grad()
 def _segment_scores(
     net: torch.nn.Module, test: Any, cfg: BackboneConfig, device: torch.device, amp: str
 ) -> tuple[dict[str, Any], list[np.ndarray]]:
-    """mIoU, pixel accuracy, per-class IoU and item recall by size from one pass over `test`; the
-    predicted class maps of the first `figure_scenes` scenes."""
-    k = test.num_classes + 1  # and the background
-    confusion = torch.zeros(k * k, dtype=torch.int64)
-    loss_sum, predicted = 0.0, []
-    for x, y in make_loader(test, batch_size=100, train=False, device=device, channels_last=True):
-        with autocast(device, amp):
-            logits = net(x)
-        truth = test.class_maps.index_select(0, y.cpu()).long()
-        loss_sum += float(F.cross_entropy(logits.float().cpu(), truth, reduction="sum")) / truth[0].numel()
-        guess = logits.argmax(1).cpu()
-        confusion += torch.bincount((truth * k + guess).flatten(), minlength=k * k)
-        predicted.append(guess.to(torch.uint8))
-    maps = torch.cat(predicted)
-    confusion = confusion.view(k, k)
-    correct = int(confusion.diagonal().sum())
-    err = 1 - correct / int(confusion.sum())
-    result = SegmentationResult(
-        loss=loss_sum / len(test), err=err, top5_err=float("nan"), confusion=confusion
-    )
+    """mIoU, pixel accuracy and per-class IoU by the task's own evaluation, and item recall by size
+    from the class maps of the same pass; the maps of the first `figure_scenes` scenes."""
+    recording = _Recording(net)
+    loader = make_loader(test, batch_size=100, train=False, device=device, channels_last=True)
+    result = Segment(test, device).evaluate(recording, loader, amp=amp)
+    maps = torch.cat(recording.maps)  # (N, S, S) in test order: the loader does not shuffle
     small, large = item_recall(maps.numpy(), test, area_bounds(cfg.canvas))
     scores = {
         "miou": result.miou,

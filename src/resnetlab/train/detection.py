@@ -52,7 +52,9 @@ def center_targets(
 ) -> dict[str, Tensor]:
     """Targets of one image for a head at `stride`: {"heatmap": (K, h, w), "size": (2, h, w),
     "offset": (2, h, w), "mask": (h, w) bool: the centre cells}. Boxes [x0, y0, x1, y1) in px."""
-    cells = image_size // stride
+    # The head's grid: every stride-2 layer (3x3 conv or max-pool, padding 1) maps a side S to
+    # ceil(S / 2), so a canvas that is not a multiple of the stride still gets a whole last cell.
+    cells = -(-image_size // stride)
     heat = np.zeros((num_classes, cells, cells), np.float32)
     size = np.zeros((2, cells, cells), np.float32)
     offset = np.zeros((2, cells, cells), np.float32)
